@@ -1,0 +1,66 @@
+"""The configuration keys every adapter exposes, validated once, and the policy they resolve to."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .plugins import weight_policies
+from .validation import validate_prompt_loss_weight
+
+DEFAULT_PROMPT_LOSS_WEIGHT = 0.1
+"""The middle of the range (0.01 to 0.5) that Huerta-Enochian & Ko (2024) found best."""
+
+HELP = {
+    "prompt_loss_weight": (
+        "Weight of prompt tokens in the loss, in [0, 1]: 0 trains on completions only, 1 on every token. "
+        "The start value of a schedule."
+    ),
+    "prompt_loss_weight_policy": "How the prompt loss weight evolves over training: constant, linear, cosine, "
+    "or a policy registered by a plugin.",
+    "prompt_loss_weight_final": "The prompt loss weight at the end of training, for the linear and cosine policies.",
+}
+
+
+@dataclass(frozen=True)
+class PromptLossWeightConfig:
+    """``prompt_loss_weight`` and the policy keys, validated at construction."""
+
+    prompt_loss_weight: float = DEFAULT_PROMPT_LOSS_WEIGHT
+    prompt_loss_weight_policy: str = "constant"
+    prompt_loss_weight_final: float | None = None
+    _policy: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt_loss_weight", validate_prompt_loss_weight(self.prompt_loss_weight))
+        if self.prompt_loss_weight_final is not None:
+            final = validate_prompt_loss_weight(self.prompt_loss_weight_final, name="prompt_loss_weight_final")
+            object.__setattr__(self, "prompt_loss_weight_final", final)
+        policies = weight_policies()
+        name = self.prompt_loss_weight_policy
+        if name not in policies:
+            raise ValueError(
+                f"prompt_loss_weight_policy={name!r} is not a registered policy; registered: {', '.join(sorted(policies))}"
+            )
+        if name == "constant" and self.prompt_loss_weight_final is not None:
+            raise ValueError(
+                f"prompt_loss_weight_final={self.prompt_loss_weight_final} has no effect with "
+                "prompt_loss_weight_policy='constant'; choose 'linear' or 'cosine', or drop it"
+            )
+        object.__setattr__(self, "_policy", policies[name](self))
+
+    def required_final_weight(self) -> float:
+        """``prompt_loss_weight_final``, which a schedule cannot do without."""
+        if self.prompt_loss_weight_final is None:
+            raise ValueError(
+                f"prompt_loss_weight_policy={self.prompt_loss_weight_policy!r} needs prompt_loss_weight_final"
+            )
+        return self.prompt_loss_weight_final
+
+    def weight_at(self, progress: float) -> float:
+        """The prompt loss weight at training progress ``progress`` (clamped to [0, 1])."""
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or math.isnan(progress):
+            raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
+        weight = self._policy.weight_at(min(max(float(progress), 0.0), 1.0))
+        return validate_prompt_loss_weight(weight, name=f"the weight of policy {self.prompt_loss_weight_policy!r}")

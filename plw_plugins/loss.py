@@ -1,0 +1,165 @@
+"""The prompt-weighted causal-LM loss: ``sum_i w_i * nll_i / W``.
+
+``w_i`` is 1 on completion targets, the prompt loss weight on prompt targets and 0 elsewhere
+(see ``masks.py``). ``W`` is the ``normalizer`` when given, which adapters set to the weight sum of
+the whole optimiser step (every micro-batch on every rank), else the weight sum of this call.
+Arithmetic is fp32 whatever the dtype of the inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .chunked import default_chunk_size, score_rows, weighted_linear_cross_entropy
+from .masks import LossMasks
+from .validation import validate_prompt_loss_weight
+
+Normalizer = float | int | Tensor | None
+
+
+@dataclass(frozen=True)
+class PLWLoss:
+    """The loss to backpropagate and the metrics beside it (all metrics detached, fp32 tensors).
+
+    ``prompt_loss`` and ``completion_loss`` are mean NLLs over the tokens scored in each class
+    (0 where none was); ``prompt_tokens`` and ``completion_tokens`` count those tokens, so that
+    metrics can be averaged over many calls weighted by tokens. ``weight_sum`` is W of this call.
+    """
+
+    loss: Tensor
+    prompt_loss: Tensor
+    completion_loss: Tensor
+    prompt_tokens: Tensor
+    completion_tokens: Tensor
+    weight_sum: Tensor
+
+
+def prompt_weighted_loss(
+    logits: Tensor, masks: LossMasks, prompt_loss_weight: float, *, normalizer: Normalizer = None
+) -> PLWLoss:
+    """The loss from materialised logits ``[B, T, V]``, the logit at ``t`` predicting token ``t + 1``.
+
+    Costs what the framework's own cross-entropy costs: every row is scored, which also gives the
+    prompt metric at a prompt loss weight of 0.
+    """
+    plw = validate_prompt_loss_weight(prompt_loss_weight)
+    batch, steps = masks.shape
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != (batch, steps + 1):
+        raise ValueError(
+            f"logits must have shape [batch, tokens, vocab] = [{batch}, {steps + 1}, V] to match the masks, "
+            f"got shape {tuple(logits.shape)}"
+        )
+    vocab = logits.shape[-1]
+    scored = masks.completion | masks.prompt
+    _check_targets(masks.targets, scored, vocab)
+
+    # Score all T positions of the flat view, as transformers does, so that no copy of the logits is made.
+    targets = F.pad(torch.where(scored, masks.targets, -100), (0, 1), value=-100)
+    nll = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), reduction="none", ignore_index=-100)
+    nll = nll.reshape(batch, steps + 1)[:, :-1]
+    weights = masks.weights(plw)
+    weight_sum = weights.sum()
+    loss = (weights * nll).sum() / _denominator(normalizer, weight_sum)
+    return _result(loss, nll.detach(), masks.prompt, masks.completion, weight_sum)
+
+
+def prompt_weighted_loss_from_hidden(
+    hidden_states: Tensor,
+    lm_head_weight: Tensor,
+    masks: LossMasks,
+    prompt_loss_weight: float,
+    *,
+    lm_head_bias: Tensor | None = None,
+    normalizer: Normalizer = None,
+    chunk_size: int | None = None,
+    score_unweighted: bool = False,
+) -> PLWLoss:
+    """The loss from the last hidden states ``[B, T, H]`` and the LM head, without full logits.
+
+    Only rows of weight above 0 get logits, one chunk of ``chunk_size`` rows at a time, and their
+    gradient is formed during the forward pass. Prompt rows at a prompt loss weight of 0 are not
+    scored at all unless ``score_unweighted`` asks for their NLL (forward only, no gradient), so
+    that ``prompt_loss`` can be reported; otherwise it is 0 with a ``prompt_tokens`` of 0.
+    """
+    plw = validate_prompt_loss_weight(prompt_loss_weight)
+    batch, steps = masks.shape
+    if hidden_states.dim() != 3 or tuple(hidden_states.shape[:2]) != (batch, steps + 1):
+        raise ValueError(
+            f"hidden_states must have shape [batch, tokens, hidden] = [{batch}, {steps + 1}, H] to match the "
+            f"masks, got shape {tuple(hidden_states.shape)}"
+        )
+    hidden_size = hidden_states.shape[-1]
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden_size:
+        raise ValueError(
+            f"lm_head_weight must have shape [vocab, {hidden_size}] to match hidden_states, "
+            f"got shape {tuple(lm_head_weight.shape)}"
+        )
+    vocab = lm_head_weight.shape[0]
+    if lm_head_bias is not None and tuple(lm_head_bias.shape) != (vocab,):
+        raise ValueError(f"lm_head_bias must have shape [{vocab}], got shape {tuple(lm_head_bias.shape)}")
+    chunk_size = default_chunk_size(vocab) if chunk_size is None else chunk_size
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    scored = masks.completion | masks.prompt
+    _check_targets(masks.targets, scored, vocab)
+
+    weights = masks.weights(plw)
+    weight_sum = weights.sum()
+    # Row r of the flat [B * T, H] view holds the hidden state that predicts target (r // T, r % T).
+    flat_hidden = hidden_states.reshape(-1, hidden_size)
+    row_of_target = torch.arange(batch * (steps + 1), device=hidden_states.device).reshape(batch, steps + 1)[:, :-1]
+
+    weighted = weights > 0
+    rows = row_of_target[weighted]
+    scale = weights[weighted] / _denominator(normalizer, weight_sum)
+    loss, nll_weighted = weighted_linear_cross_entropy(
+        flat_hidden[rows], lm_head_weight, lm_head_bias, masks.targets[weighted], scale, chunk_size
+    )
+    nll = torch.zeros(masks.shape, dtype=torch.float32, device=hidden_states.device)
+    nll[weighted] = nll_weighted
+    measured = weighted
+    if score_unweighted:
+        unweighted = scored & ~weighted
+        nll[unweighted] = score_rows(
+            flat_hidden[row_of_target[unweighted]].detach(), lm_head_weight.detach(),
+            None if lm_head_bias is None else lm_head_bias.detach(), masks.targets[unweighted], chunk_size,
+        )
+        measured = scored
+    return _result(loss, nll, masks.prompt & measured, masks.completion & measured, weight_sum)
+
+
+def _denominator(normalizer: Normalizer, weight_sum: Tensor) -> Tensor:
+    """W, or 1 where W is 0: then every weight is 0 too and the loss is an attached 0."""
+    if normalizer is None:
+        total = weight_sum
+    elif isinstance(normalizer, Tensor):
+        total = normalizer.detach().to(device=weight_sum.device, dtype=torch.float32).reshape(())
+    elif isinstance(normalizer, (int, float)) and not isinstance(normalizer, bool) and normalizer >= 0:
+        total = torch.tensor(float(normalizer), device=weight_sum.device)
+    else:
+        raise ValueError(f"normalizer must be a non-negative number or a scalar tensor, got {normalizer!r}")
+    return torch.where(total > 0, total, torch.ones_like(total))
+
+
+def _check_targets(targets: Tensor, scored: Tensor, vocab: int) -> None:
+    outside = scored & ((targets < 0) | (targets >= vocab))
+    if outside.any():
+        bad = targets[outside][0].item()
+        raise ValueError(f"target token id {bad} is outside the vocabulary of size {vocab}")
+
+
+def _result(loss: Tensor, nll: Tensor, prompt: Tensor, completion: Tensor, weight_sum: Tensor) -> PLWLoss:
+    prompt_tokens = prompt.sum().float()
+    completion_tokens = completion.sum().float()
+    return PLWLoss(
+        loss=loss,
+        prompt_loss=(nll * prompt).sum() / prompt_tokens.clamp(min=1),
+        completion_loss=(nll * completion).sum() / completion_tokens.clamp(min=1),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        weight_sum=weight_sum.detach(),
+    )
