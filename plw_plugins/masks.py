@@ -68,7 +68,7 @@ def build_loss_masks(
         input_ids: ``[B, T]`` token ids as the model sees them.
         labels: ``[B, T]`` the framework's labels: the token id where it trains, else ``ignore_index``.
         attention_mask: ``[B, T]`` padding mask; values above 0 are real tokens. Axolotl numbers the
-            packed sequences 1, 2, 3...; a change of value starts a new sequence.
+            packed sequences 1, 2, 3...; a change from one number to another starts a new sequence.
         position_ids: ``[B, T]`` positions of packed (padding-free) batches; 0 starts a sequence.
         prompt_mask: ``[B, T]`` optional truer mask of the input tokens that may count as prompt,
             for frameworks that know it before padding and packing (Axolotl). It narrows the rule,
@@ -86,8 +86,10 @@ def build_loss_masks(
     completion = next_labels != ignore_index
     predictable = torch.ones_like(completion)
     if attention_mask is not None:
-        segment = attention_mask.long()
-        predictable &= (segment[:, 1:] > 0) & (segment[:, 1:] == segment[:, :-1])
+        segment, previous = attention_mask[:, 1:].long(), attention_mask[:, :-1].long()
+        # A target is real; with packed segment numbers it must not start a new sequence. After left
+        # padding the first real token stays a target, as the frameworks' own labels make it.
+        predictable &= (segment > 0) & ((segment == previous) | (previous == 0))
     if position_ids is not None:
         predictable &= position_ids[:, 1:] != 0
     if prompt_mask is not None:

@@ -1,0 +1,39 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import plw_plugins
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_import_needs_only_torch_and_pluggy():
+    blocked = ["transformers", "trl", "lightning", "pytorch_lightning", "axolotl", "datasets", "matplotlib",
+               "tokenizers"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import plw_plugins, plw_plugins.cli, plw_plugins.builtin_data\n"
+        "print(sorted(plw_plugins.weight_policies()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['constant', 'cosine', 'linear']"
+
+
+def test_adapters_install_under_plw_plugins_integrations_and_no_top_level_integrations_module(tmp_path):
+    code = (
+        "import importlib.util\n"
+        "print(importlib.util.find_spec('integrations'))\n"
+        "print(list(importlib.util.find_spec('plw_plugins.integrations.trl').submodule_search_locations)[0])\n"
+    )
+    # Outside the checkout, so that only what is installed can be found.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    top_level, trl_folder = out.stdout.split()
+    assert top_level == "None"
+    assert Path(trl_folder) == ROOT / "integrations" / "trl"
+
+
+def test_public_names():
+    for name in ("build_loss_masks", "prompt_weighted_loss", "prompt_weighted_loss_from_hidden", "PLWLoss",
+                 "LossMasks", "validate_prompt_loss_weight", "hookimpl", "PromptLossWeightConfig"):
+        assert name in plw_plugins.__all__ and hasattr(plw_plugins, name)
