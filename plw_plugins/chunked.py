@@ -78,7 +78,10 @@ class WeightedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll):
-        scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads]
+        if ctx.grads is None:
+            raise RuntimeError("the chunked prompt-weighted loss supports one backward pass per forward pass")
+        # The saved gradients are ours alone: scale them in place rather than copy a [V, H] tensor.
+        scaled = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.grads]
         ctx.grads = None
         return (*scaled, None, None, None)
 
