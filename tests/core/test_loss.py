@@ -14,6 +14,8 @@ from .batches import batches, packed_batch, padded_batch, reference_loss
 
 VOCAB = 17
 HIDDEN = 8
+# 0 or a weight fp32 can hold: below ~1e-38 a weight flushes to 0 in fp32 (the study's smallest is 5e-4).
+WEIGHTS = st.one_of(st.just(0.0), st.just(1.0), st.floats(1e-6, 1.0))
 
 
 def _logits(batch, seed=0, dtype=torch.float32):
@@ -44,7 +46,7 @@ def test_plw_0_and_1_equal_transformers_completion_only_and_all_token_loss(layou
 
 
 @settings(max_examples=60, deadline=None)
-@given(batch=batches(vocab=VOCAB), prompt_loss_weight=st.floats(0, 1), seed=st.integers(0, 1000))
+@given(batch=batches(vocab=VOCAB), prompt_loss_weight=WEIGHTS, seed=st.integers(0, 1000))
 def test_loss_equals_the_token_by_token_definition(batch, prompt_loss_weight, seed):
     logits = _logits(batch, seed)
     masks = build_loss_masks(batch.input_ids, batch.labels, **batch.mask_kwargs())
@@ -55,7 +57,7 @@ def test_loss_equals_the_token_by_token_definition(batch, prompt_loss_weight, se
 
 
 @settings(max_examples=40, deadline=None)
-@given(batch=batches(vocab=VOCAB), prompt_loss_weight=st.floats(0, 1), seed=st.integers(0, 1000),
+@given(batch=batches(vocab=VOCAB), prompt_loss_weight=WEIGHTS, seed=st.integers(0, 1000),
        chunk_size=st.sampled_from([1, 3, None]), with_bias=st.booleans())
 def test_hidden_state_path_equals_the_logits_path_in_value_and_gradient(batch, prompt_loss_weight, seed, chunk_size,
                                                                         with_bias):
@@ -79,7 +81,7 @@ def test_hidden_state_path_equals_the_logits_path_in_value_and_gradient(batch, p
 
 
 @settings(max_examples=40, deadline=None)
-@given(batch=batches(vocab=VOCAB), prompt_loss_weight=st.floats(0, 1), splits=st.integers(1, 4),
+@given(batch=batches(vocab=VOCAB), prompt_loss_weight=WEIGHTS, splits=st.integers(1, 4),
        lean=st.booleans())
 def test_micro_batches_with_the_step_normalizer_sum_to_the_full_batch_gradient(batch, prompt_loss_weight, splits,
                                                                                 lean):
