@@ -1,0 +1,160 @@
+"""``PromptLossWeightTrainerMixin``: the prompt loss weight for any transformers ``Trainer`` subclass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import transformers
+from torch import Tensor, nn
+
+from plw_plugins import LossMasks, PromptLossWeightConfig, build_loss_masks_from_batch, sum_across_ranks
+from plw_plugins.normalization import data_parallel_world_size
+
+from .lm_head import PLWForwardOutput, PLWRequest, install_plw_forward
+from .metrics import LossMetrics
+
+CONFIG_KEYS = ("prompt_loss_weight", "prompt_loss_weight_policy", "prompt_loss_weight_final")
+"""The keys of ``PromptLossWeightConfig`` that the trainer's ``args`` carry."""
+
+BATCH_ONLY_KEYS = ("labels", "prompt_mask")
+"""Batch keys that feed the loss masks but are not model inputs."""
+
+
+def prompt_loss_weight_config_from(args: Any) -> PromptLossWeightConfig:
+    """The validated ``PromptLossWeightConfig`` of a training-arguments object carrying its keys."""
+    missing = [key for key in CONFIG_KEYS if not hasattr(args, key)]
+    if missing:
+        raise ValueError(
+            f"{type(args).__name__} has no {', '.join(missing)}: use training arguments that carry the prompt loss "
+            "weight keys (PLWSFTConfig for TRL, the Axolotl plugin's arguments for Axolotl)"
+        )
+    return PromptLossWeightConfig(**{key: getattr(args, key) for key in CONFIG_KEYS})
+
+
+def training_progress(global_step: int, max_steps: int) -> float:
+    """Fraction of training done, in [0, 1] (0 before the number of steps is known)."""
+    return min(max(global_step / max_steps, 0.0), 1.0) if max_steps > 0 else 0.0
+
+
+class PromptLossWeightTrainerMixin:
+    """Put first in the bases of a transformers ``Trainer`` subclass: ``class T(PromptLossWeightTrainerMixin, Trainer)``.
+
+    See the package docstring for what each method does and which to override.
+    """
+
+    # transformers >= 5.19 reads this: `compute_loss` already normalises over the whole accumulation window.
+    loss_is_scaled_for_ga = True
+    # Whether `plw_forward_output` also computes TRL's entropy / accuracy over completion tokens.
+    plw_completion_statistics = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plw_config = self.build_prompt_loss_weight_config()
+        install_plw_forward(self.model)
+        self._plw_metrics = {"train": LossMetrics(), "eval": LossMetrics()}
+        self._plw_last_train_weight: float | None = None
+
+    # ---- what subclasses may override -------------------------------------------------------
+
+    def build_prompt_loss_weight_config(self) -> PromptLossWeightConfig:
+        """The configuration; by default read from ``self.args`` (``prompt_loss_weight`` and the policy keys)."""
+        return prompt_loss_weight_config_from(self.args)
+
+    def plw_loss_masks(self, batch: Mapping[str, Tensor]) -> LossMasks:
+        """Completion and prompt targets of one collated batch. The default reads ``input_ids``,
+        ``labels`` and whichever of ``attention_mask``, ``position_ids``, ``prompt_mask`` it holds."""
+        return build_loss_masks_from_batch(batch)
+
+    def plw_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch minus the keys that only feed the loss masks (``labels``, ``prompt_mask``)."""
+        return {key: value for key, value in batch.items() if key not in BATCH_ONLY_KEYS}
+
+    def plw_record_metrics(self, output: PLWForwardOutput, inputs: Mapping[str, Any], mode: str) -> None:
+        """Called after every loss computation, for framework metrics (TRL's entropy...). No-op here."""
+
+    # ---- the prompt loss weight ---------------------------------------------------------------
+
+    def current_prompt_loss_weight(self) -> float:
+        """The weight at the current training progress (``global_step / max_steps``)."""
+        return self.plw_config.weight_at(training_progress(self.state.global_step, self.state.max_steps))
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Tensor | None:
+        """W, the weight sum over this optimiser step's micro-batches, in place of the label count;
+        summed over ranks under ``average_tokens_across_devices``, as transformers sums its count."""
+        batches = [batch for batch in batch_samples if isinstance(batch, Mapping) and "labels" in batch]
+        if not batches:
+            return None
+        plw = self.current_prompt_loss_weight()
+        total = sum(self.plw_loss_masks(batch).weight_sum(plw).to(device) for batch in batches)
+        if self.args.average_tokens_across_devices:
+            total = sum_across_ranks(total)
+        return total
+
+    # ---- the loss -----------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ):
+        """``sum_i w_i * nll_i / W`` through the core, W being ``num_items_in_batch`` (this batch's
+        own weight sum when None), scaled as transformers scales its own loss."""
+        output = self.plw_forward(model, inputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        self._plw_metrics[mode].add(output.as_plw_loss())
+        self.plw_record_metrics(output, inputs, mode)
+
+        loss = output.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # W counts every rank's tokens and DDP averages the gradients across ranks.
+            loss = loss * data_parallel_world_size()
+        if self.model.training and self._trainer_divides_by_accumulation(num_items_in_batch):
+            loss = loss * self.current_gradient_accumulation_steps
+        if return_outputs:
+            # Like TRL's fused head: the loss path builds no logits; `compute_metrics` needs them.
+            with torch.no_grad():
+                return loss, model(**self.plw_model_inputs(inputs))
+        return loss
+
+    def plw_forward(self, model: nn.Module, inputs: Mapping[str, Any], normalizer: Tensor | int | None) -> PLWForwardOutput:
+        """One forward through ``model`` (and all its wrappers) returning the core's loss and metrics."""
+        if "labels" not in inputs or "input_ids" not in inputs:
+            raise ValueError(
+                f"the prompt loss weight needs input_ids and labels in every batch; this batch has {', '.join(sorted(inputs))}"
+            )
+        weight = self.current_prompt_loss_weight()
+        if self.model.training:
+            self._plw_last_train_weight = weight
+        request = PLWRequest(
+            masks=self.plw_loss_masks(inputs),
+            prompt_loss_weight=weight,
+            normalizer=normalizer,
+            completion_statistics=self.plw_completion_statistics,
+        )
+        return model(**self.plw_model_inputs(inputs), plw_request=request)
+
+    def _trainer_divides_by_accumulation(self, num_items_in_batch: Tensor | int | None) -> bool:
+        """Whether ``Trainer.training_step`` will divide our loss by the accumulation steps."""
+        if "loss_is_scaled_for_ga" in vars(transformers.Trainer):
+            return not self.loss_is_scaled_for_ga
+        # transformers < 5.19 divides unless the model took `num_items_in_batch` or a `compute_loss_func` ran.
+        return (not self.model_accepts_loss_kwargs or num_items_in_batch is None) and self.compute_loss_func is None
+
+    # ---- logging ------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Add ``prompt_loss`` / ``completion_loss`` (``eval_`` prefixed in evaluation) and, in
+        training, the ``prompt_loss_weight`` of the last step to the trainer's own metrics."""
+        mode = "train" if self.model.training else "eval"
+        metrics = self._plw_metrics[mode].pop()
+        if mode == "train":
+            last = self._plw_last_train_weight
+            metrics["prompt_loss_weight"] = self.current_prompt_loss_weight() if last is None else last
+        else:
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, *args, **kwargs)

@@ -1,0 +1,68 @@
+"""``plw-plugins sft``: TRL's ``trl sft`` with ``PLWSFTTrainer`` and the prompt loss weight keys.
+
+    plw-plugins sft --config examples/trl/sft.yaml
+    plw-plugins sft --model_name_or_path ./tiny --dataset_name data.jsonl --output_dir out --prompt_loss_weight 0.1
+
+Arguments are those of ``ScriptArguments``, ``PLWSFTConfig`` and ``ModelConfig``, from flags or a
+YAML file (``--config``; flags override it). ``dataset_name`` may be a local file or folder; Alpaca
+rows (``instruction``, ``input``, ``output``) are turned into prompt-completion rows.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def make_parser():
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    from .config import PLWSFTConfig
+
+    return TrlParser((ScriptArguments, PLWSFTConfig, ModelConfig), prog="plw-plugins sft")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, train, save the model to ``output_dir``; return the exit status."""
+    from trl import get_peft_config, get_quantization_config
+
+    from .data import load_sft_dataset
+    from .trainer import PLWSFTTrainer
+
+    parser = make_parser()
+    script_args, training_args, model_args = parser.parse_args_and_config(args=sys.argv[1:] if argv is None else argv)
+    if not script_args.dataset_name:
+        parser.error("dataset_name is required (a local file, a local dataset folder or a hub name)")
+    if not model_args.model_name_or_path:
+        parser.error("model_name_or_path is required")
+
+    model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+
+    dataset = load_sft_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
+    if script_args.dataset_train_split not in dataset:
+        parser.error(f"dataset_train_split={script_args.dataset_train_split!r} is not a split of {script_args.dataset_name}")
+    evaluate = training_args.eval_strategy != "no"
+    if evaluate and script_args.dataset_test_split not in dataset:
+        parser.error(f"eval_strategy={training_args.eval_strategy!r} needs a {script_args.dataset_test_split!r} split")
+
+    trainer = PLWSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=dataset[script_args.dataset_test_split] if evaluate else None,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""``PLWSFTConfig``: TRL's ``SFTConfig`` with the prompt loss weight keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+from plw_plugins import DEFAULT_PROMPT_LOSS_WEIGHT, PromptLossWeightConfig
+from plw_plugins.config import HELP
+
+
+@dataclass
+class PLWSFTConfig(SFTConfig):
+    """``SFTConfig`` plus ``prompt_loss_weight`` and the weighting-policy keys, validated at construction
+    by the core's ``PromptLossWeightConfig``. Round-trips through ``to_dict()`` and ``TrlParser``."""
+
+    prompt_loss_weight: float = field(default=DEFAULT_PROMPT_LOSS_WEIGHT, metadata={"help": HELP["prompt_loss_weight"]})
+    prompt_loss_weight_policy: str = field(default="constant", metadata={"help": HELP["prompt_loss_weight_policy"]})
+    prompt_loss_weight_final: float | None = field(default=None, metadata={"help": HELP["prompt_loss_weight_final"]})
+
+    def __post_init__(self) -> None:
+        self.prompt_loss_weight_config()
+        super().__post_init__()
+
+    def prompt_loss_weight_config(self) -> PromptLossWeightConfig:
+        """The validated core configuration of these keys."""
+        return PromptLossWeightConfig(
+            prompt_loss_weight=self.prompt_loss_weight,
+            prompt_loss_weight_policy=self.prompt_loss_weight_policy,
+            prompt_loss_weight_final=self.prompt_loss_weight_final,
+        )

@@ -1,0 +1,40 @@
+"""``plw-plugins sft`` trains from a YAML config plus flags on local paths and saves the model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from plw_plugins.cli import main as plw_plugins
+
+
+def test_sft_from_config_and_flags(tiny_model_dir, toolformer_rows, tmp_path, capsys):
+    data = tmp_path / "toolformer.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in toolformer_rows[:8]))  # Alpaca rows
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(tmp_path / "out"),
+        "prompt_loss_weight": 0.5, "max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 0.01,
+        "max_length": 512, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+        "bf16": False, "use_cpu": True, "disable_tqdm": True,
+    }))
+    assert plw_plugins(["sft", "--config", str(config), "--prompt_loss_weight", "0.2"]) == 0
+
+    printed = capsys.readouterr().out
+    assert "'prompt_loss'" in printed and "'completion_loss'" in printed
+    assert "'prompt_loss_weight': '0.2'" in printed
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(trained.lm_head.weight, initial.lm_head.weight)
+
+
+def test_sft_without_dataset_fails(tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        plw_plugins([
+            "sft", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false",
+        ])
+    assert "dataset_name is required" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+"""Two gloo processes on CPU take the same optimiser step as one process with the same rows:
+W is summed over ranks, and the logged prompt / completion losses are reduced over ranks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from trl_harness import assert_same_parameters, initial_parameters
+
+WORKER = Path(__file__).with_name("trl_ddp_worker.py")
+
+
+def run_worker(launcher: list[str], model_dir: Path, output: Path, batch: int, accumulation: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [*launcher, str(WORKER), str(model_dir), str(output), str(batch), str(accumulation)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return torch.load(output)
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(tiny_model_dir, tmp_path):
+    single = run_worker([sys.executable], tiny_model_dir, tmp_path / "single.pt", batch=4, accumulation=1)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    ddp = run_worker(torchrun, tiny_model_dir, tmp_path / "ddp.pt", batch=1, accumulation=2)
+    assert (single["world_size"], ddp["world_size"]) == (1, 2)
+    assert_same_parameters(single["parameters"], ddp["parameters"], initial_parameters(tiny_model_dir))
+    for key in ("loss", "prompt_loss", "completion_loss"):
+        assert ddp["logs"][key] == pytest.approx(single["logs"][key], rel=1e-5), key
