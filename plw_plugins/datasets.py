@@ -1,0 +1,236 @@
+"""Reading instruction data the way users keep it, and turning it into the prompt-completion rows a
+trainer sees, for ``plw-plugins stats`` and ``plw-plugins demo``.
+
+Files: JSON (a list of objects), JSON Lines, or a folder written by ``datasets``' ``save_to_disk``.
+Formats: Alpaca (``instruction``, optional ``input``, ``output``), prompt-completion (``prompt``,
+``completion``, as text or as lists of messages) and conversational (``messages``). Every format
+becomes ``{"prompt": ..., "completion": ...}``, the shape TRL's ``SFTTrainer`` masks by itself:
+Alpaca through a prompt template, conversations split before their last assistant turn. Rows that
+cannot be used (a missing or empty field) are counted by reason, never raised on.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("alpaca", "prompt-completion", "messages")
+
+# The Stanford Alpaca prompts: one for rows with an input, one for rows without.
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_TEMPLATE_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+class DataError(ValueError):
+    """The data cannot be read or has no usable format; the message says which file and why."""
+
+
+@dataclass
+class PromptCompletionRows:
+    """Usable rows as ``{"prompt", "completion"}`` (text, or lists of messages) and why others were skipped."""
+
+    format: str
+    rows: list[dict[str, Any]]
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def skipped_rows(self) -> int:
+        return sum(self.skipped.values())
+
+
+def read_records(path: str | Path, *, split: str | None = None) -> list[Any]:
+    """The records of a JSON or JSON Lines file, or of a dataset saved with ``save_to_disk``.
+
+    A saved ``DatasetDict`` needs ``split`` unless it has a ``train`` split or a single one.
+    JSON Lines lines that do not parse are kept as ``None`` so that they are counted as skipped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _read_saved_dataset(path, split)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot be read as UTF-8 text ({error})") from error
+    if path.suffix != ".jsonl":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            if text.lstrip().startswith("["):
+                raise DataError(f"{path}: not valid JSON ({error})") from error
+            # otherwise perhaps JSON Lines under another name
+        else:
+            if isinstance(data, dict):
+                return [data]
+            if not isinstance(data, list):
+                raise DataError(f"{path}: JSON must be a list of objects, found {type(data).__name__}")
+            return data
+    records: list[Any] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            records.append(None)
+    if not records:
+        raise DataError(f"{path}: empty")
+    if all(record is None for record in records):
+        raise DataError(f"{path}: neither a JSON list nor JSON Lines (no line parses as JSON)")
+    return records
+
+
+def _read_saved_dataset(path: Path, split: str | None) -> list[Any]:
+    if not any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        raise DataError(f"{path}: a folder, but not a dataset saved with `save_to_disk` (no dataset_info.json)")
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError as error:
+        raise DataError(f"{path}: reading a saved dataset needs `datasets` (pip install plw-plugins[stats])") from error
+    try:
+        dataset = load_from_disk(str(path))
+    except Exception as error:  # datasets raises several unrelated types for a damaged folder
+        raise DataError(f"{path}: cannot be loaded with datasets.load_from_disk ({error})") from error
+    if isinstance(dataset, DatasetDict):
+        names = list(dataset)
+        if split is None:
+            split = "train" if "train" in names else names[0] if len(names) == 1 else None
+        if split not in names:
+            raise DataError(f"{path}: choose a split with --split, one of {names}")
+        dataset = dataset[split]
+    elif split is not None:
+        raise DataError(f"{path}: --split {split!r} given, but the saved dataset has no splits")
+    return dataset.to_list()
+
+
+def detect_format(records: list[Any]) -> str:
+    """The format of the first record that names one: ``messages``, ``prompt-completion`` or ``alpaca``."""
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        if "messages" in record:
+            return "messages"
+        if "prompt" in record or "completion" in record:
+            return "prompt-completion"
+        if "instruction" in record or "output" in record:
+            return "alpaca"
+    keys = sorted({key for record in records[:100] if isinstance(record, dict) for key in record})
+    raise DataError(
+        f"unknown data format: no record has `messages`, `prompt`/`completion` or `instruction`/`output` "
+        f"(keys seen: {keys}); choose one with --format {{{','.join(FORMATS)}}}"
+    )
+
+
+def template_argument(value: str | None) -> str | None:
+    """A ``--template`` value: the template itself, or ``@FILE`` to read it from FILE."""
+    if value is None or not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"--template {value}: cannot read the template file ({error})") from error
+
+
+def validate_template(template: str) -> str:
+    """``template`` if it is a ``str.format`` string naming ``{instruction}`` and at most ``{input}``."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:
+        raise DataError(f"template {template!r} is not a valid format string ({error})") from error
+    if "instruction" not in names:
+        raise DataError(f"template {template!r} must contain {{instruction}}")
+    unknown = names - {"instruction", "input"}
+    if unknown:
+        raise DataError(f"template {template!r} has unknown fields {sorted(unknown)}; use {{instruction}} and {{input}}")
+    return template
+
+
+def _text(record: dict, key: str) -> str | None:
+    value = record.get(key)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def to_prompt_completion(records: list[Any], data_format: str | None = None, *, template: str | None = None) -> PromptCompletionRows:
+    """Every usable record as ``{"prompt", "completion"}``, with skipped records counted by reason.
+
+    ``template`` replaces the Alpaca prompts (one ``str.format`` string with ``{instruction}`` and
+    optionally ``{input}``; an empty input is formatted as ``""``).
+    """
+    data_format = data_format or detect_format(records)
+    if data_format not in FORMATS:
+        raise DataError(f"unknown format {data_format!r}; choose one of {list(FORMATS)}")
+    if template is not None:
+        validate_template(template)
+    convert = {"alpaca": _alpaca, "prompt-completion": _prompt_completion, "messages": _messages}[data_format]
+    result = PromptCompletionRows(format=data_format, rows=[])
+    for record in records:
+        if not isinstance(record, dict):
+            result.skipped["not valid JSON" if record is None else "not a JSON object"] += 1
+            continue
+        row = convert(record, template) if data_format == "alpaca" else convert(record)
+        if isinstance(row, str):
+            result.skipped[row] += 1
+        else:
+            result.rows.append(row)
+    return result
+
+
+def _alpaca(record: dict, template: str | None) -> dict | str:
+    instruction, output = _text(record, "instruction"), _text(record, "output")
+    if instruction is None:
+        return "missing or empty `instruction`"
+    if output is None:
+        return "missing or empty `output`"
+    extra = record.get("input")
+    extra = extra if isinstance(extra, str) and extra.strip() else ""
+    if template is None:
+        template = ALPACA_TEMPLATE if extra else ALPACA_TEMPLATE_NO_INPUT
+    return {"prompt": template.format(instruction=instruction, input=extra), "completion": output}
+
+
+def _prompt_completion(record: dict) -> dict | str:
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if isinstance(prompt, list) and isinstance(completion, list):
+        if not prompt or not _valid_messages(prompt):
+            return "missing or empty `prompt` messages"
+        if not completion or not _valid_messages(completion):
+            return "missing or empty `completion` messages"
+        return {"prompt": prompt, "completion": completion}
+    if _text(record, "prompt") is None:
+        return "missing or empty `prompt`"
+    if _text(record, "completion") is None:
+        return "missing or empty `completion`"
+    return {"prompt": prompt, "completion": completion}
+
+
+def _valid_messages(messages: list) -> bool:
+    return all(
+        isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)
+        for message in messages
+    )
+
+
+def _messages(record: dict) -> dict | str:
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages or not _valid_messages(messages):
+        return "missing or malformed `messages`"
+    last = max((i for i, message in enumerate(messages) if message["role"] == "assistant"), default=None)
+    if last is None:
+        return "no assistant turn in `messages`"
+    if not messages[last]["content"].strip():
+        return "empty last assistant turn"
+    if last == 0:
+        return "no prompt before the last assistant turn"
+    return {"prompt": messages[:last], "completion": [messages[last]]}
