@@ -1,0 +1,277 @@
+"""The ``PromptLossWeight`` callback: configuration, schedule, normaliser, checkpoint state and metrics.
+
+A Lightning callback cannot replace the loss a ``training_step`` returns, so the module computes it
+through ``PromptLossWeightMixin.prompt_weighted_loss``, which asks this callback for the weight and
+the normaliser and hands both to the core. ``lightning.pytorch`` and ``pytorch_lightning`` are
+separate class trees and a callback must subclass the ``Callback`` of the trainer it is used with, so
+the implementation lives once, in ``PromptLossWeightHooks`` (which imports neither package), and
+``bind_callback`` makes one ``PromptLossWeight`` class per package from it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from plw_plugins import (
+    DEFAULT_PROMPT_LOSS_WEIGHT,
+    PLWLoss,
+    PromptLossWeightConfig,
+    build_loss_masks_from_batch,
+    prompt_weighted_loss,
+    prompt_weighted_loss_from_hidden,
+    sum_across_ranks,
+)
+from plw_plugins.config import HELP
+from plw_plugins.normalization import data_parallel_world_size
+
+STATE_KEY = "plw_plugins.PromptLossWeight"
+METRIC_STAGES = ("train", "val", "test")
+# What the helper says when it finds no callback, and the callback when the helper was never called.
+USAGE = (
+    "mix PromptLossWeightMixin into the LightningModule, return "
+    "self.prompt_weighted_loss(output, batch) from training_step (output: the model's output or its logits; "
+    "batch: the dict with input_ids, labels and attention_mask or position_ids), and pass "
+    "PromptLossWeight(prompt_loss_weight=...) in Trainer(callbacks=[...])"
+)
+
+
+class PromptLossWeightHooks:
+    """Trains prompt tokens at a fractional weight: ``sum_i w_i * nll_i / W`` with ``w_i`` 1 on completion
+    tokens and ``prompt_loss_weight`` on prompt tokens.
+
+    The module returns ``self.prompt_weighted_loss(output, batch)`` (see ``PromptLossWeightMixin``); this
+    callback supplies the weight (following ``prompt_loss_weight_policy`` over
+    ``trainer.global_step / trainer.estimated_stepping_batches``), sums ``W`` over the data-parallel
+    ranks on every training step, saves the schedule's progress in checkpoints, and logs
+    ``train/prompt_loss``, ``train/completion_loss``, ``val/...`` and ``test/...``: mean NLLs over an
+    epoch's prompt and completion tokens, weighted by tokens, plus ``train/prompt_loss_weight``.
+
+    ``W`` is per micro-batch under ``accumulate_grad_batches``: Lightning divides each micro-batch's
+    loss by the accumulation factor it reads at that step, so an optimiser step's gradient is the mean
+    of its micro-batches' gradients, each normalised by that micro-batch's ``W`` summed over ranks.
+    """
+
+    def __init__(
+        self,
+        prompt_loss_weight: float = DEFAULT_PROMPT_LOSS_WEIGHT,
+        prompt_loss_weight_policy: str = "constant",
+        prompt_loss_weight_final: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        self.config = PromptLossWeightConfig(prompt_loss_weight, prompt_loss_weight_policy, prompt_loss_weight_final)
+        self.progress = 0.0
+        self._weight = self.config.weight_at(0.0)
+        self._helper_called = False
+        self._totals: dict[str, Optional[Tensor]] = dict.fromkeys(METRIC_STAGES)
+
+    # The Args section comes from the core's help text, the one source of every adapter's key help;
+    # LightningCLI reads it for --help.
+    __init__.__doc__ = "The prompt loss weight and its policy, validated by the core.\n\nArgs:\n" + "".join(
+        f"    {key}: {text}\n" for key, text in HELP.items()
+    )
+
+    @property
+    def prompt_loss_weight_now(self) -> float:
+        """The weight the policy gives at the current progress: what the next loss is computed with."""
+        return self._weight
+
+    @property
+    def state_key(self) -> str:
+        return STATE_KEY
+
+    def compute_loss(self, trainer: Any, output: Any, batch: Mapping[str, Tensor], lm_head: Any = None) -> Tensor:
+        """The loss of ``batch``, computed by the core; see ``PromptLossWeightMixin.prompt_weighted_loss``."""
+        if not isinstance(batch, Mapping):
+            raise ValueError(
+                f"prompt_weighted_loss needs the batch as a dict with input_ids and labels, got {type(batch).__name__}"
+            )
+        masks = build_loss_masks_from_batch(batch)
+        weight = self._weight
+        stage = _stage(trainer)
+        normalizer = None
+        if stage == "train":
+            self._helper_called = True
+            # DDP averages gradients over ranks, so dividing by W / ranks gives sum_i w_i * nll_i / W overall.
+            # Every rank reaches this line at every training step, so the collective cannot hang.
+            normalizer = sum_across_ranks(masks.weight_sum(weight)) / data_parallel_world_size()
+        if lm_head is None:
+            result = prompt_weighted_loss(_logits_of(output), masks, weight, normalizer=normalizer)
+        else:
+            lm_head_weight, lm_head_bias = _lm_head_parameters(lm_head)
+            result = prompt_weighted_loss_from_hidden(
+                _hidden_states_of(output), lm_head_weight, masks, weight, lm_head_bias=lm_head_bias, normalizer=normalizer
+            )
+        if stage in self._totals:
+            self._accumulate(stage, result)
+        return result.loss
+
+    def _accumulate(self, stage: str, result: PLWLoss) -> None:
+        # NLL sums and token counts, so that the epoch's means are weighted by tokens, not by batches.
+        batch_totals = torch.stack(
+            [
+                result.prompt_loss * result.prompt_tokens,
+                result.prompt_tokens,
+                result.completion_loss * result.completion_tokens,
+                result.completion_tokens,
+            ]
+        ).detach()
+        totals = self._totals[stage]
+        self._totals[stage] = batch_totals if totals is None else totals + batch_totals
+
+    def _log_epoch(self, pl_module: Any, stage: str) -> None:
+        totals = self._totals[stage]
+        self._totals[stage] = None
+        # Every rank runs the same epochs, so every rank joins the sum, with zeros if it saw no batch.
+        if totals is None:
+            totals = torch.zeros(4, device=pl_module.device)
+        prompt_nll, prompt_tokens, completion_nll, completion_tokens = sum_across_ranks(totals).tolist()
+        for name, nll, tokens in (
+            ("prompt_loss", prompt_nll, prompt_tokens),
+            ("completion_loss", completion_nll, completion_tokens),
+        ):
+            if tokens > 0:
+                pl_module.log(f"{stage}/{name}", nll / tokens, on_step=False, on_epoch=True, batch_size=1)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        from .mixin import PromptLossWeightMixin
+
+        if not isinstance(pl_module, PromptLossWeightMixin):
+            raise TypeError(f"the PromptLossWeight callback needs {type(pl_module).__name__} to compute its loss: {USAGE}")
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.config.prompt_loss_weight_policy != "constant" and trainer.estimated_stepping_batches == float("inf"):
+            raise ValueError(
+                f"prompt_loss_weight_policy={self.config.prompt_loss_weight_policy!r} needs a finite training length "
+                "to schedule over: set the Trainer's max_steps or max_epochs"
+            )
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._helper_called = False
+        self._follow_schedule(trainer)
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Tensor) -> None:
+        if trainer.training and not self._helper_called:
+            raise RuntimeError(
+                f"{type(pl_module).__name__}.training_step returned a loss that prompt_weighted_loss did not compute, "
+                f"so the PromptLossWeight callback would train at the wrong prompt loss weight: {USAGE}"
+            )
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # A tensor filled on the device: logging a Python float would copy it there and synchronise.
+        weight = torch.full((), self._weight, device=pl_module.device)
+        pl_module.log("train/prompt_loss_weight", weight, on_step=True, on_epoch=False, batch_size=1)
+        # After an optimiser step, so that checkpoints and validation see the weight of the next step.
+        self._follow_schedule(trainer)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._totals["train"] = None
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._log_epoch(pl_module, "train")
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._totals["val"] = None
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._log_epoch(pl_module, "val")
+
+    def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._totals["test"] = None
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._log_epoch(pl_module, "test")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"progress": self.progress, "prompt_loss_weight": self._weight, "config": self._config_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("config", {})
+        if saved and saved != self._config_dict():
+            warnings.warn(
+                f"the checkpoint was trained with PromptLossWeight {saved}; resuming with {self._config_dict()} "
+                "at the checkpoint's schedule progress",
+                stacklevel=2,
+            )
+        self._set_progress(float(state_dict["progress"]))
+
+    def _follow_schedule(self, trainer: Any) -> None:
+        # Read live: the trainer restores global_step on resume and may change the accumulation factor.
+        if self.config.prompt_loss_weight_policy != "constant":
+            self._set_progress(trainer.global_step / max(trainer.estimated_stepping_batches, 1))
+
+    def _set_progress(self, progress: float) -> None:
+        self.progress = progress
+        self._weight = self.config.weight_at(progress)
+
+    def _config_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_loss_weight": self.config.prompt_loss_weight,
+            "prompt_loss_weight_policy": self.config.prompt_loss_weight_policy,
+            "prompt_loss_weight_final": self.config.prompt_loss_weight_final,
+        }
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in self._config_dict().items() if value is not None)
+        return f"{type(self).__name__}({settings})"
+
+
+def bind_callback(callback_base: type, module: str) -> type:
+    """``PromptLossWeight``: ``PromptLossWeightHooks`` as a subclass of ``callback_base``, the ``Callback``
+    of one Lightning package, importable as ``{module}.PromptLossWeight`` (so that LightningCLI's
+    ``class_path`` and pickling find it)."""
+    return type(
+        "PromptLossWeight",
+        (PromptLossWeightHooks, callback_base),
+        {"__module__": module, "__qualname__": "PromptLossWeight", "__doc__": PromptLossWeightHooks.__doc__},
+    )
+
+
+def _stage(trainer: Any) -> str:
+    if trainer.training:
+        return "train"
+    if trainer.validating or trainer.sanity_checking:
+        return "val"
+    if trainer.testing:
+        return "test"
+    return "predict"
+
+
+def _logits_of(output: Any) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if getattr(output, "last_hidden_state", None) is not None:
+        raise ValueError(
+            "prompt_weighted_loss got hidden states (last_hidden_state) without an LM head: "
+            "pass lm_head=<the model's output layer> for the memory-lean path, or pass the logits"
+        )
+    raise ValueError(
+        "prompt_weighted_loss needs logits [batch, tokens, vocab] as a tensor or an output with .logits "
+        f"(a Hugging Face CausalLMOutput), got {type(output).__name__}"
+    )
+
+
+def _hidden_states_of(output: Any) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, Tensor):
+        return hidden
+    raise ValueError(
+        "with lm_head=, prompt_weighted_loss needs the last hidden states [batch, tokens, hidden] as a tensor or an "
+        f"output with .last_hidden_state (the model body's output, e.g. model.model(...)), got {type(output).__name__}"
+    )
+
+
+def _lm_head_parameters(lm_head: Any) -> tuple[Tensor, Optional[Tensor]]:
+    weight = getattr(lm_head, "weight", None)
+    if not isinstance(weight, Tensor):
+        raise ValueError(f"lm_head must be the output layer (an nn.Linear with .weight), got {type(lm_head).__name__}")
+    return weight, getattr(lm_head, "bias", None)

@@ -1,0 +1,61 @@
+"""The module side: ``PromptLossWeightMixin.prompt_weighted_loss``, the loss a ``training_step`` returns.
+
+It imports neither Lightning package, so one mixin serves ``lightning.pytorch`` and
+``pytorch_lightning`` modules alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from torch import Tensor, nn
+
+from .callback import USAGE, PromptLossWeightHooks
+
+
+class PromptLossWeightMixin:
+    """Mix into a ``LightningModule`` (``class MyModule(PromptLossWeightMixin, L.LightningModule)``) and
+    return ``self.prompt_weighted_loss(output, batch)`` from ``training_step`` and ``validation_step``.
+
+    The weight and the normaliser come from the ``PromptLossWeight`` callback of the module's trainer;
+    without one the helper raises, rather than guess a weight.
+    """
+
+    def prompt_weighted_loss(
+        self, output: Any, batch: Mapping[str, Tensor], *, lm_head: Optional[nn.Module] = None
+    ) -> Tensor:
+        """The prompt-weighted loss of ``batch``, computed by the core at the callback's weight.
+
+        Args:
+            output: the model's output for ``batch``: a Hugging Face ``CausalLMOutput`` (its ``logits``
+                are used) or a logits tensor ``[batch, tokens, vocab]``. With ``lm_head``: the last
+                hidden states instead, as a tensor ``[batch, tokens, hidden]`` or the model body's
+                output (``.last_hidden_state``, e.g. ``self.model.model(...)`` for a Hugging Face
+                ``*ForCausalLM``).
+            batch: the dict the model ran on: ``input_ids``, ``labels`` (``-100`` where the data
+                masks the prompt and padding), and ``attention_mask`` or ``position_ids`` (packed).
+            lm_head: the output layer (e.g. ``self.model.lm_head``) for the memory-lean path, which
+                never builds the full logits; the layer must be a plain linear map (no logit
+                soft-capping or scaling after it). At a prompt loss weight of 0 this path does not
+                score prompt tokens, so ``prompt_loss`` is not logged.
+
+        Returns:
+            The loss to return from the step. In training it is divided by the weight sum ``W`` of the
+            micro-batch summed over data-parallel ranks (and scaled for DDP's gradient averaging); in
+            validation and test by the batch's own ``W``.
+        """
+        return _callback_of(self).compute_loss(self.trainer, output, batch, lm_head)
+
+
+def _callback_of(module: Any) -> PromptLossWeightHooks:
+    try:
+        trainer = module.trainer
+    except RuntimeError:
+        trainer = None
+    callbacks = [] if trainer is None else [c for c in trainer.callbacks if isinstance(c, PromptLossWeightHooks)]
+    if len(callbacks) != 1:
+        found = "no PromptLossWeight callback" if not callbacks else f"{len(callbacks)} PromptLossWeight callbacks"
+        where = "the module is not attached to a Trainer" if trainer is None else f"the Trainer has {found}"
+        raise RuntimeError(f"prompt_weighted_loss needs exactly one PromptLossWeight callback, but {where}: {USAGE}")
+    return callbacks[0]
