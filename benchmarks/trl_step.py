@@ -45,7 +45,7 @@ def run_variant(name: str, model_dir: str, steps: int) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from plw_plugins.integrations.trl import PLWSFTConfig, PLWSFTTrainer
-    from plw_plugins.integrations.trl.data import alpaca_to_prompt_completion
+    from plw_plugins.datasets import alpaca_to_prompt_completion
 
     spec = VARIANTS[name]
     rows = [alpaca_to_prompt_completion(row) for row in json.loads(DATA.read_text())[: BATCH * steps]]

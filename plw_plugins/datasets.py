@@ -187,6 +187,17 @@ def to_prompt_completion(records: list[Any], data_format: str | None = None, *, 
     return result
 
 
+def alpaca_to_prompt_completion(record: dict, template: str | None = None) -> dict[str, str]:
+    """One Alpaca record as ``prompt`` and ``completion``: the Stanford Alpaca prompts, or ``template``.
+
+    The one conversion every command uses, so that ``plw-plugins stats`` counts what ``sft`` and
+    ``demo`` train on."""
+    row = _alpaca(record, template)
+    if isinstance(row, str):
+        raise DataError(f"Alpaca row {record!r}: {row}")
+    return row
+
+
 def _alpaca(record: dict, template: str | None) -> dict | str:
     instruction, output = _text(record, "instruction"), _text(record, "output")
     if instruction is None:

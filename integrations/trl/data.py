@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
-ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+from plw_plugins.datasets import alpaca_to_prompt_completion
+
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def alpaca_to_prompt_completion(row: dict[str, str]) -> dict[str, str]:
-    """One Alpaca row (``instruction``, optional ``input``, ``output``) as ``prompt`` and ``completion``."""
-    template = ALPACA_PROMPT_WITH_INPUT if row.get("input") else ALPACA_PROMPT
-    return {"prompt": template.format(instruction=row["instruction"], input=row.get("input", "")), "completion": row["output"]}
 
 
 def load_sft_dataset(name: str, config: str | None = None, streaming: bool = False) -> Any:

@@ -1,0 +1,133 @@
+"""The README's snippets, run as written on the built-in tiny model, so that they cannot rot.
+
+Each snippet follows a ``<!-- snippet: NAME -->`` marker. Where a snippet names a hub model or a
+user's file, the test swaps in a local one; every swap must find its text, so a README edit that
+detaches a snippet from its test fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from plw_plugins.builtin_data import instruction_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def snippet(name: str, replacements: dict[str, str] | None = None) -> str:
+    match = re.search(rf"<!-- snippet: {name} -->\s*```(?:python|yaml)\n(.*?)```", README, re.S)
+    assert match, f"README has no snippet {name!r}"
+    code = match.group(1)
+    for old, new in (replacements or {}).items():
+        assert old in code, f"snippet {name!r} no longer contains {old!r}"
+        code = code.replace(old, new)
+    return code
+
+
+def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_test_command():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["bash scripts/demo.sh", "bash scripts/test.sh"]
+    assert README.index("```bash") < README.index("\n## ")
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def _tiny_batch(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = instruction_rows(4)
+    ids = [tokenizer(r["prompt"] + r["completion"]).input_ids for r in rows]
+    prompt_lengths = [len(tokenizer(r["prompt"]).input_ids) for r in rows]
+    width = max(map(len, ids))
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, (tokens, prompt) in enumerate(zip(ids, prompt_lengths)):
+        input_ids[row, : len(tokens)] = torch.tensor(tokens)
+        attention_mask[row, : len(tokens)] = 1
+    labels = torch.where(attention_mask.bool(), input_ids, -100)
+    for row, prompt in enumerate(prompt_lengths):
+        labels[row, :prompt] = -100
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def test_core_snippet(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = _tiny_batch(tiny_model_dir)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    namespace = {**batch, "logits": logits}
+    exec(snippet("core"), namespace)
+    out = namespace["out"]
+    assert math.isfinite(out.loss.item()) and out.prompt_tokens > 0 and out.completion_tokens > 0
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_policy_snippet_registers_a_policy_that_the_config_uses():
+    from plw_plugins import PromptLossWeightConfig
+    from plw_plugins.plugins import get_plugin_manager
+
+    module = types.ModuleType("readme_policies")
+    exec(snippet("policy"), module.__dict__)
+    manager = get_plugin_manager()
+    manager.register(module)
+    try:
+        config = PromptLossWeightConfig(0.2, "step", 0.6)
+        assert (config.weight_at(0.25), config.weight_at(0.75)) == (0.2, 0.6)
+    finally:
+        manager.unregister(module)
+
+
+@pytest.mark.slow
+def test_trl_snippet(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in instruction_rows(32)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    code = snippet("trl", {
+        '"Qwen/Qwen2.5-0.5B"': repr(str(tiny_model_dir)),
+        'output_dir="out"': 'output_dir="out", max_steps=2, logging_steps=1, report_to="none", bf16=False',
+    })
+    namespace: dict = {}
+    exec(code, namespace)
+    logged = [entry for entry in namespace["trainer"].state.log_history if "prompt_loss" in entry]
+    assert len(logged) == 2
+    assert all(math.isfinite(e["prompt_loss"]) and math.isfinite(e["completion_loss"]) for e in logged)
+    assert logged[0]["prompt_loss_weight"] == 0.1
+
+
+@pytest.mark.slow
+def test_lightning_snippet(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.chdir(tmp_path)
+    batch = _tiny_batch(tiny_model_dir)
+    namespace = {
+        "model": AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        "train_loader": torch.utils.data.DataLoader([batch, batch], batch_size=None),
+    }
+    code = snippet("lightning", {
+        "max_steps=1000": "max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False",
+    })
+    exec(code, namespace)
+    trainer = namespace["trainer"]
+    assert trainer.global_step == 2
+    assert math.isfinite(float(trainer.callback_metrics["train/completion_loss"]))
+    assert float(trainer.callback_metrics["train/prompt_loss"]) > 0
+
+
+def test_plw_plugins_help_lists_every_command_the_readme_uses():
+    out = subprocess.run([sys.executable, "-m", "plw_plugins.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for command in ("demo", "stats", "sft", "tiny-model"):
+        assert f"plw-plugins {command}" in README and f"  {command}" in out
