@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from process_group import run_process_group
 from plw_lightning_testlib import (
     TinyLM,
     assert_gradients_close,
@@ -45,7 +45,7 @@ def test_two_process_ddp_gradient_equals_single_process(tiny_model_dir, tmp_path
         "--master_port", str(free_port()), str(HERE / "ddp_gradient_run.py"), str(tiny_model_dir), str(PLW), str(out_file),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    completed = run_process_group(command, env=env, timeout=300)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     ddp = torch.load(out_file)
     assert ddp["world_size"] == 2

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from process_group import run_process_group
 from trl_harness import assert_same_parameters, initial_parameters
 
 WORKER = Path(__file__).with_name("trl_ddp_worker.py")
@@ -19,7 +19,7 @@ WORKER = Path(__file__).with_name("trl_ddp_worker.py")
 def run_worker(launcher: list[str], model_dir: Path, output: Path, batch: int, accumulation: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [*launcher, str(WORKER), str(model_dir), str(output), str(batch), str(accumulation)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    result = run_process_group(command, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return torch.load(output)
 
