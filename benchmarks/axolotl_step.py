@@ -1,0 +1,227 @@
+"""Training step time and peak memory of ``axolotl train`` with the prompt loss weight plugin against
+stock Axolotl on the same config, side by side.
+
+Each variant is a real ``axolotl train`` run in its own process on the same local model (Llama,
+hidden 256, 4 layers, the built-in byte-level tokenizer with a 2048 vocabulary) and real data
+(GPTeacher Toolformer from ../shared/data, short completions after long prompts), packed to
+``sequence_len`` with gradient accumulation. The runs list ``StepTimerPlugin`` (below) beside the
+plugin under test; it times the optimiser steps after the warm-up (median) and measures peak memory over
+training: on GPU ``torch.cuda.max_memory_allocated``, on CPU the growth of the peak resident set
+size over the resident size when training starts, model loaded (Linux ``/proc/self/clear_refs``),
+which leaves out the gigabyte of imported libraries that every Axolotl process holds. Stock ``train_on_inputs:
+false`` is the baseline; stock ``train_on_inputs: true`` is the fair comparison at PLW > 0, which
+trains the prompt tokens too.
+
+    .venv-axolotl/bin/python benchmarks/axolotl_step.py [--steps 6] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from axolotl.integrations.base import BasePlugin
+from transformers import TrainerCallback
+
+BENCHMARKS = Path(__file__).resolve().parent
+DATA = BENCHMARKS.parents[1] / "shared" / "data" / "gpteacher_toolformer_alpaca.json"
+RESULT_ENV = "PLW_BENCH_RESULT"
+PLUGIN = "plw_plugins.integrations.axolotl.PromptLossWeightPlugin"
+VARIANTS = {
+    "stock, train_on_inputs: false": {"train_on_inputs": False},
+    "stock, train_on_inputs: true": {"train_on_inputs": True},
+    "PLW 0": {"plugins": [PLUGIN], "prompt_loss_weight": 0.0},
+    "PLW 0.1": {"plugins": [PLUGIN], "prompt_loss_weight": 0.1},
+}
+WARMUP_STEPS = 2
+MICRO_BATCH = 2
+ACCUMULATION = 2
+SEQUENCE_LEN = 1024
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class StepTimer(TrainerCallback):
+    """Times each optimiser step after the warm-up and measures peak memory over training; writes
+    JSON at the end."""
+
+    def __init__(self, result_path: str) -> None:
+        self.result_path = result_path
+        self.step_seconds: list[float] = []
+        self.start = 0.0
+        self.base_kib: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set size
+            self.base_kib = _rss_kib("VmRSS")
+        except OSError:
+            self.base_kib = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _synchronize()
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _synchronize()
+        if state.global_step > WARMUP_STEPS:
+            self.step_seconds.append(time.perf_counter() - self.start)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.cuda.is_available():
+            peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        elif self.base_kib is not None:
+            peak_mib = (_rss_kib("VmHWM") - self.base_kib) / 1024
+        else:
+            peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = {"seconds_per_step": statistics.median(self.step_seconds), "peak_mib": peak_mib}
+        Path(self.result_path).write_text(json.dumps(result))
+
+
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepTimerPlugin(BasePlugin):
+    """Adds ``StepTimer`` to the trainer of a benchmark run."""
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        return [StepTimer(os.environ[RESULT_ENV])]
+
+
+def write_config(work: Path, name: str, model_dir: Path, data: Path, steps: int) -> Path:
+    run_dir = work / name.replace(" ", "_").replace(",", "").replace(":", "")
+    run_dir.mkdir()
+    config = {
+        "base_model": str(model_dir),
+        "tokenizer_type": "AutoTokenizer",
+        "datasets": [{"path": str(data), "type": "alpaca", "ds_type": "json"}],
+        "dataset_prepared_path": str(run_dir / "prepared"),
+        "output_dir": str(run_dir / "out"),
+        "val_set_size": 0,
+        "sequence_len": SEQUENCE_LEN,
+        "sample_packing": True,
+        "micro_batch_size": MICRO_BATCH,
+        "gradient_accumulation_steps": ACCUMULATION,
+        "max_steps": steps,
+        "num_epochs": 1,
+        "learning_rate": 1e-4,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "constant",
+        "bf16": False,
+        "fp16": False,
+        "tf32": False,
+        "attn_implementation": "sdpa",
+        "logging_steps": steps,
+        "save_strategy": "no",
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "dataset_num_proc": 1,
+        **VARIANTS[name],
+    }
+    config["plugins"] = [*config.get("plugins", []), "axolotl_step.StepTimerPlugin"]
+    path = run_dir / "config.yml"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def run_variant(config: Path) -> dict:
+    result = config.with_name("result.json")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "AXOLOTL_DO_NOT_TRACK": "1",
+        "WANDB_MODE": "disabled",
+        RESULT_ENV: str(result),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")])),
+    }
+    axolotl = Path(sys.executable).with_name("axolotl")
+    process = subprocess.run(
+        [str(axolotl), "train", str(config), "--launcher", "python"], env=env, capture_output=True, text=True
+    )
+    if process.returncode != 0 or not result.exists():
+        raise RuntimeError(f"axolotl train {config} failed:\n{(process.stdout + process.stderr)[-4000:]}")
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from record import machine, markdown_table, record
+
+    from plw_plugins.tiny_model import build_tiny_llama
+
+    rows_needed = 4 * MICRO_BATCH * ACCUMULATION * args.steps  # about three samples fit in a packed row
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = work / "model"
+        build_tiny_llama(model_dir, hidden_size=256, layers=4, vocab_size=2048)
+        data = work / "toolformer.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in json.loads(DATA.read_text())[:rows_needed]))
+        results = {}
+        for name in VARIANTS:
+            results[name] = run_variant(write_config(work, name, model_dir, data, args.steps))
+            print(name, results[name], flush=True)
+
+    import torch
+
+    memory = "peak GPU memory allocated" if torch.cuda.is_available() else "peak RSS growth"
+    rows = []
+    for name, result in results.items():
+        row = [name, f"{result['seconds_per_step']:.3f}", f"{result['peak_mib']:.0f}"]
+        for baseline in ("stock, train_on_inputs: false", "stock, train_on_inputs: true"):
+            base = results[baseline]
+            row += [
+                f"{result['seconds_per_step'] / base['seconds_per_step']:.2f}x",
+                f"{result['peak_mib'] / base['peak_mib']:.2f}x" if base["peak_mib"] > 0 else "n/a",
+            ]
+        rows.append(row)
+    header = [
+        "run", "s/step (median)", f"{memory} (MiB)", "step time vs stock masked", "memory vs stock masked",
+        "step time vs stock all", "memory vs stock all",
+    ]
+    body = (
+        f"{machine()}. `axolotl train` (Axolotl 0.19), Llama hidden 256, 4 layers, vocab 2048; GPTeacher "
+        f"Toolformer, sample_packing to sequence_len {SEQUENCE_LEN}, micro_batch_size {MICRO_BATCH}, "
+        f"gradient_accumulation_steps {ACCUMULATION}, fp32, sdpa; median of {args.steps - WARMUP_STEPS} steps after "
+        f"{WARMUP_STEPS} warm-up steps, each run in a fresh process. masked = stock `train_on_inputs: false`; "
+        "all = stock `train_on_inputs: true` (the fair baseline at PLW > 0).\n\n" + markdown_table(header, rows)
+    )
+    if args.no_record:
+        print(body)
+    else:
+        record("axolotl_step", "Axolotl: step time and memory with the plugin against stock Axolotl", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""``PromptLossWeightPlugin``: the prompt loss weight for Axolotl, switched on from the YAML::
+
+    plugins:
+      - plw_plugins.integrations.axolotl.PromptLossWeightPlugin
+    prompt_loss_weight: 0.1
+
+Axolotl asks each plugin, at fixed points of a run, for its config keys, training arguments,
+trainer class and collator; this class answers with the pieces of this package. Everything but
+Axolotl's ``BasePlugin`` is imported when Axolotl asks for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from axolotl.integrations.base import BasePlugin
+
+from .args import CONFIG_KEYS
+
+ARGS_MODULE = "plw_plugins.integrations.axolotl.args"
+
+
+class PromptLossWeightPlugin(BasePlugin):
+    """Trains prompt tokens at a fractional weight: ``prompt_loss_weight`` in [0, 1]."""
+
+    def get_input_args(self) -> str:
+        """The pydantic model of the YAML keys, mixed into Axolotl's config validation."""
+        return f"{ARGS_MODULE}.PromptLossWeightArgs"
+
+    def get_training_args_mixin(self) -> str:
+        """The dataclass that adds the keys to Axolotl's training arguments."""
+        return f"{ARGS_MODULE}.PromptLossWeightTrainingArgs"
+
+    def get_training_args(self, cfg: Any) -> dict[str, Any]:
+        """The validated YAML values, copied onto the training arguments the trainer reads."""
+        return {key: cfg[key] for key in CONFIG_KEYS if cfg.get(key) is not None}
+
+    def get_trainer_cls(self, cfg: Any) -> type:
+        """``AxolotlTrainer`` with the prompt-weighted loss."""
+        from .trainer import PromptLossWeightAxolotlTrainer
+
+        return PromptLossWeightAxolotlTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict] | None:
+        """Axolotl's own choice of collator, with the per-sample ``prompt_mask`` added.
+
+        ``None`` leaves Axolotl's collator in place where the batch already tells padding from
+        prompt: flattened batches (``batch_flattening``) have no padding, and unpacked multimodal
+        batches keep their attention mask.
+        """
+        from .collator import (
+            PromptMaskBatchSamplerDataCollator,
+            PromptMaskDataCollator,
+            PromptMaskV2BatchSamplerDataCollator,
+        )
+
+        packed = bool(cfg.eval_sample_packing) if is_eval else bool(cfg.sample_packing)
+        if packed and uses_v2_packing(cfg):
+            return PromptMaskV2BatchSamplerDataCollator, {}
+        if packed:
+            return PromptMaskBatchSamplerDataCollator, {}
+        if cfg.processor_type or cfg.batch_flattening:
+            return None
+        return PromptMaskDataCollator, {}
+
+
+def uses_v2_packing(cfg: Any) -> bool:
+    """Whether Axolotl packs with its V2 collator for this model and attention (its own rule)."""
+    from axolotl.monkeypatch.multipack import SUPPORTED_MULTIPACK_MODEL_TYPES
+
+    return (
+        cfg.attn_implementation == "flex_attention"
+        or cfg.model_config_type in SUPPORTED_MULTIPACK_MODEL_TYPES
+        or (cfg.model_config_type == "llama" and cfg.attn_implementation != "flash_attention_2")
+    )
