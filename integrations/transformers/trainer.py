@@ -55,6 +55,7 @@ class PromptLossWeightTrainerMixin:
         install_plw_forward(self.model)
         self._plw_metrics = {"train": LossMetrics(), "eval": LossMetrics()}
         self._plw_last_train_weight: float | None = None
+        self._plw_logits_wanted = True
 
     # ---- what subclasses may override -------------------------------------------------------
 
@@ -115,10 +116,21 @@ class PromptLossWeightTrainerMixin:
         if self.model.training and self._trainer_divides_by_accumulation(num_items_in_batch):
             loss = loss * self.current_gradient_accumulation_steps
         if return_outputs:
-            # Like TRL's fused head: the loss path builds no logits; `compute_metrics` needs them.
+            if not self._plw_logits_wanted:
+                return loss, {"loss": loss}
+            # The loss path builds no logits; `compute_metrics` and `predict` need them.
             with torch.no_grad():
                 return loss, model(**self.plw_model_inputs(inputs))
         return loss
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys=None):
+        """transformers asks ``compute_loss`` for outputs even when only the loss is kept; say when the
+        logits (a second, full forward pass) are not needed."""
+        self._plw_logits_wanted = not prediction_loss_only
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        finally:
+            self._plw_logits_wanted = True
 
     def plw_forward(self, model: nn.Module, inputs: Mapping[str, Any], normalizer: Tensor | int | None) -> PLWForwardOutput:
         """One forward through ``model`` (and all its wrappers) returning the core's loss and metrics."""

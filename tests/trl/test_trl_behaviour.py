@@ -92,6 +92,24 @@ def test_metrics_in_training_and_evaluation(tiny_model_dir, tmp_path):
     assert "prompt_loss" not in plw_eval and "eval_prompt_loss_weight" not in plw_eval
 
 
+def test_loss_only_evaluation_runs_one_forward_and_predict_still_returns_logits(tiny_model_dir, tmp_path):
+    """Loss-only evaluation needs no logits, so no second forward pass; ``predict`` gets them."""
+    eval_rows = instruction_rows(6, seed=1)
+    trainer = train_one_step(tiny_model_dir, instruction_rows(4), tmp_path, plw=0.1, eval_rows=eval_rows)
+    calls = []
+    handle = trainer.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        loss_only = trainer.evaluate()
+        batches = -(-len(eval_rows) // trainer.args.per_device_eval_batch_size)
+        assert len(calls) == batches
+        predicted = trainer.predict(trainer.eval_dataset)
+    finally:
+        handle.remove()
+    assert predicted.predictions.shape[0] == len(eval_rows)
+    assert predicted.predictions.shape[-1] == trainer.model.config.vocab_size
+    assert predicted.metrics["test_loss"] == pytest.approx(loss_only["eval_loss"], rel=1e-6)
+
+
 def test_prompt_loss_equals_train_everything_minus_completions(tiny_model_dir, tmp_path):
     """The logged means recombine into the stock train-on-everything loss, weighting by token counts."""
     rows = instruction_rows(4)
