@@ -7,7 +7,7 @@ live in ``plw_plugins.integrations``; this package imports no host framework.
 
 from .config import DEFAULT_PROMPT_LOSS_WEIGHT, PromptLossWeightConfig
 from .hookspecs import hookimpl
-from .loss import PLWLoss, prompt_weighted_loss, prompt_weighted_loss_from_hidden
+from .loss import PLWLoss, prompt_weighted_loss, prompt_weighted_loss_from_hidden, prompt_weighted_loss_from_token_nll
 from .masks import IGNORE_INDEX, LossMasks, build_loss_masks, build_loss_masks_from_batch
 from .normalization import step_weight_sum, sum_across_ranks
 from .plugins import weight_policies
@@ -24,6 +24,7 @@ __all__ = [
     "hookimpl",
     "prompt_weighted_loss",
     "prompt_weighted_loss_from_hidden",
+    "prompt_weighted_loss_from_token_nll",
     "step_weight_sum",
     "sum_across_ranks",
     "validate_prompt_loss_weight",

@@ -132,6 +132,30 @@ def prompt_weighted_loss_from_hidden(
     return _result(loss, nll, masks.prompt & measured, masks.completion & measured, weight_sum)
 
 
+def prompt_weighted_loss_from_token_nll(
+    token_nll: Tensor, masks: LossMasks, prompt_loss_weight: float, *, normalizer: Normalizer = None,
+    scored: Tensor | None = None,
+) -> PLWLoss:
+    """The loss from per-target NLLs ``[B, T - 1]`` that a fused LM head already computed (TRL's).
+
+    ``scored`` marks the targets whose NLL was computed (default: every prompt and completion
+    target); the metrics count only those. Entries elsewhere are ignored.
+    """
+    plw = validate_prompt_loss_weight(prompt_loss_weight)
+    if tuple(token_nll.shape) != tuple(masks.shape):
+        raise ValueError(f"token_nll has shape {tuple(token_nll.shape)} but the masks have shape {tuple(masks.shape)}")
+    measured = masks.completion | masks.prompt
+    if scored is not None:
+        measured = measured & scored
+    weights = masks.weights(plw)
+    if scored is not None and bool(((weights > 0) & ~measured).any()):
+        raise ValueError("scored leaves out targets of weight above 0; their NLL is needed for the loss")
+    weight_sum = weights.sum()
+    nll = torch.where(measured, token_nll.float(), torch.zeros((), device=token_nll.device))
+    loss = (weights * nll).sum() / _denominator(normalizer, weight_sum)
+    return _result(loss, nll.detach(), masks.prompt & measured, masks.completion & measured, weight_sum)
+
+
 def _denominator(normalizer: Normalizer, weight_sum: Tensor) -> Tensor:
     """W, or 1 where W is 0: then every weight is 0 too and the loss is an attached 0."""
     if normalizer is None:

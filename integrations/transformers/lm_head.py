@@ -15,10 +15,12 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
-from plw_plugins import LossMasks, PLWLoss, prompt_weighted_loss_from_hidden
+from plw_plugins import LossMasks, PLWLoss, prompt_weighted_loss_from_hidden, prompt_weighted_loss_from_token_nll
 
 from .metrics import completion_token_statistics
 
@@ -36,6 +38,9 @@ class PLWRequest:
     normalizer: Tensor | float | None = None
     score_unweighted: bool = True
     completion_statistics: bool = False
+    fused_lm_head: bool = False
+    """Score the targets with the framework's fused LM head (TRL >= 1.16 installs one: the model's
+    original forward accepts ``fused_lm_head=True`` and returns per-token ``log_probs``)."""
 
 
 @dataclass
@@ -128,11 +133,39 @@ def install_plw_forward(model: nn.Module) -> nn.Module:
     def forward(self, *args: Any, plw_request: PLWRequest | None = None, **kwargs: Any):
         if plw_request is None:
             return original_forward(*args, **kwargs)
+        if plw_request.fused_lm_head:
+            return _fused_head_forward(original_forward, plw_request, args, kwargs)
         return _prompt_weighted_forward(self, plw_request, args, kwargs)
 
     causal_lm.forward = types.MethodType(forward, causal_lm)
     causal_lm._plw_forward_installed = True
     return causal_lm
+
+
+def _fused_head_forward(original_forward: Any, request: PLWRequest, args: tuple, kwargs: dict) -> PLWForwardOutput:
+    """The framework's fused LM head scores the targets (as labels); the core weights them."""
+    masks = request.masks
+    scored = masks.weights(request.prompt_loss_weight) > 0
+    if request.score_unweighted:
+        scored = masks.completion | masks.prompt
+    labels = F.pad(torch.where(scored, masks.targets, -100), (1, 0), value=-100)
+    for key in ("labels", "shift_labels", "num_items_in_batch"):
+        kwargs.pop(key, None)
+    outputs = original_forward(*args, labels=labels, fused_lm_head=True, **kwargs)
+    device = outputs.log_probs.device
+    masks = LossMasks(masks.targets.to(device), masks.completion.to(device), masks.prompt.to(device))
+    result = prompt_weighted_loss_from_token_nll(
+        -outputs.log_probs, masks, request.prompt_loss_weight, normalizer=request.normalizer, scored=scored.to(device)
+    )
+    entropy_sum = correct_tokens = None
+    if request.completion_statistics:
+        entropy_sum = (outputs.entropy.detach().float() * masks.completion).sum()
+        correct_tokens = (outputs.is_top1 & masks.completion).sum().float()
+    return PLWForwardOutput(
+        loss=result.loss, prompt_loss=result.prompt_loss, completion_loss=result.completion_loss,
+        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, weight_sum=result.weight_sum,
+        entropy_sum=entropy_sum, correct_tokens=correct_tokens,
+    )
 
 
 def _prompt_weighted_forward(model: nn.Module, request: PLWRequest, args: tuple, kwargs: dict) -> PLWForwardOutput:

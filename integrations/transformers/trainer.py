@@ -46,8 +46,10 @@ class PromptLossWeightTrainerMixin:
 
     # transformers >= 5.19 reads this: `compute_loss` already normalises over the whole accumulation window.
     loss_is_scaled_for_ga = True
-    # Whether `plw_forward_output` also computes TRL's entropy / accuracy over completion tokens.
+    # Whether `plw_forward` also computes TRL's entropy / accuracy over completion tokens.
     plw_completion_statistics = False
+    # Whether the framework installed a fused LM head on the model that scores the targets (TRL >= 1.16).
+    plw_fused_lm_head = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -146,6 +148,7 @@ class PromptLossWeightTrainerMixin:
             prompt_loss_weight=weight,
             normalizer=normalizer,
             completion_statistics=self.plw_completion_statistics,
+            fused_lm_head=self.plw_fused_lm_head,
         )
         return model(**self.plw_model_inputs(inputs), plw_request=request)
 

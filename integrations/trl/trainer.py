@@ -6,10 +6,10 @@ them from ``input_ids``, ``labels`` and ``attention_mask`` / ``position_ids``, a
 over the whole optimiser step. This class adds what is TRL's own: the checks of its arguments and
 data, and its entropy / token-accuracy / token-count metrics (over completion tokens, as TRL logs them).
 
-The loss goes through the core's ``prompt_weighted_loss_from_hidden`` on every TRL version,
-including 1.16, whose fused LM head returns only per-token log-probabilities of labelled positions:
-weighting them would put loss arithmetic in the adapter, and the core's path already skips the
-LM head for rows of weight 0 and forms the gradient during the forward pass.
+Where TRL installs its fused LM head (1.16 and later: per-token log-probabilities computed in chunks,
+with Triton on GPUs), the prompt and completion targets are scored by it and the core weights them
+(``prompt_weighted_loss_from_token_nll``); on older TRL the core's ``prompt_weighted_loss_from_hidden``
+scores them. Neither materialises the full logits.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from itertools import islice
 from typing import Any
 
 from trl import SFTTrainer
+from trl.trainer import utils as trl_utils
 
 from plw_plugins.integrations.transformers import PLWForwardOutput, PromptLossWeightTrainerMixin
 
@@ -32,6 +33,7 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
 
     _tag_names = ["trl", "sft", "plw-plugins"]
     plw_completion_statistics = True
+    plw_fused_lm_head = hasattr(trl_utils, "add_fused_lm_head")
 
     def __init__(self, model: Any, args: PLWSFTConfig | None = None, *rest: Any, **kwargs: Any) -> None:
         if args is None:

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from plw_plugins import build_loss_masks, prompt_weighted_loss, prompt_weighted_loss_from_hidden
+from plw_plugins import (
+    build_loss_masks,
+    prompt_weighted_loss,
+    prompt_weighted_loss_from_hidden,
+    prompt_weighted_loss_from_token_nll,
+)
 
 from .batches import batches, packed_batch, padded_batch, reference_loss
 
@@ -155,3 +160,29 @@ def test_lean_path_skips_zero_weight_rows_unless_asked_to_score_them():
     assert scored.prompt_tokens.item() == masks.prompt.sum().item() > 0
     torch.testing.assert_close(scored.prompt_loss, plain.prompt_loss)
     torch.testing.assert_close(skipped.loss, plain.loss)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=batches(vocab=VOCAB), prompt_loss_weight=WEIGHTS, seed=st.integers(0, 1000))
+def test_token_nll_path_equals_the_logits_path_in_value_metrics_and_gradient(batch, prompt_loss_weight, seed):
+    logits = _logits(batch, seed)
+    masks = build_loss_masks(batch.input_ids, batch.labels, **batch.mask_kwargs())
+    token_nll = -torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, masks.targets[..., None]).squeeze(-1)
+    fused = prompt_weighted_loss_from_token_nll(token_nll, masks, prompt_loss_weight, normalizer=3.5)
+    plain = prompt_weighted_loss(logits, masks, prompt_loss_weight, normalizer=3.5)
+    for field in ("loss", "prompt_loss", "completion_loss", "prompt_tokens", "completion_tokens", "weight_sum"):
+        torch.testing.assert_close(getattr(fused, field), getattr(plain, field), atol=1e-5, rtol=1e-5)
+    if plain.loss.requires_grad and fused.loss.requires_grad:
+        (ours,), (theirs,) = torch.autograd.grad(fused.loss, logits), torch.autograd.grad(plain.loss, logits)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_token_nll_path_checks_shapes_and_that_weighted_targets_were_scored():
+    masks = build_loss_masks(torch.tensor([[1, 2, 3, 4]]), torch.tensor([[-100, -100, 3, 4]]))
+    with pytest.raises(ValueError, match=r"token_nll has shape \(1, 4\) but the masks have shape \(1, 3\)"):
+        prompt_weighted_loss_from_token_nll(torch.zeros(1, 4), masks, 0.1)
+    completion_only = masks.completion
+    with pytest.raises(ValueError, match="scored leaves out targets of weight above 0"):
+        prompt_weighted_loss_from_token_nll(torch.zeros(1, 3), masks, 0.1, scored=completion_only)
+    at_zero = prompt_weighted_loss_from_token_nll(torch.ones(1, 3), masks, 0.0, scored=completion_only)
+    assert at_zero.prompt_tokens.item() == 0 and at_zero.completion_loss.item() == 1.0
