@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOGITS_PER_CHUNK = 2**25  # fp32 elements of one chunk's logits: 128 MiB
+LOGITS_PER_CHUNK = 2**24  # fp32 elements of one chunk's logits: 64 MiB
 
 
 def default_chunk_size(vocab_size: int) -> int:
-    """Rows per chunk such that one chunk's fp32 logits take about 128 MiB."""
-    return max(64, min(8192, LOGITS_PER_CHUNK // max(vocab_size, 1)))
+    """Rows per chunk: about 64 MiB of fp32 logits, but at least 256 rows so that each pass over
+    the LM head's weight still does enough work (large vocabularies)."""
+    return max(256, min(8192, LOGITS_PER_CHUNK // max(vocab_size, 1)))
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -67,7 +68,8 @@ class WeightedLinearCrossEntropy(torch.autograd.Function):
                 if needs_hidden:
                     grad_hidden[rows] = grad_logits @ weight
                 if needs_weight:
-                    grad_weight += (grad_logits.T @ hidden[rows]).float()
+                    # Accumulated in place: no [V, H] temporary per chunk.
+                    grad_weight.addmm_(grad_logits.T.to(grad_weight.dtype), hidden[rows].to(grad_weight.dtype))
         ctx.grads = (
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
