@@ -172,7 +172,7 @@ def run_variant(config: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
     args = parser.parse_args()
 

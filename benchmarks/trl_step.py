@@ -87,7 +87,7 @@ def run_variant(name: str, model_dir: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
