@@ -19,7 +19,6 @@ from torch import Tensor
 
 from plw_plugins import (
     DEFAULT_PROMPT_LOSS_WEIGHT,
-    PLWLoss,
     PromptLossWeightConfig,
     build_loss_masks_from_batch,
     prompt_weighted_loss,
@@ -27,6 +26,7 @@ from plw_plugins import (
     sum_across_ranks,
 )
 from plw_plugins.config import HELP
+from plw_plugins.metrics import LossMetrics
 from plw_plugins.normalization import data_parallel_world_size
 
 STATE_KEY = "plw_plugins.PromptLossWeight"
@@ -67,7 +67,7 @@ class PromptLossWeightHooks:
         self.progress = 0.0
         self._weight = self.config.weight_at(0.0)
         self._helper_called = False
-        self._totals: dict[str, Optional[Tensor]] = dict.fromkeys(METRIC_STAGES)
+        self._metrics = {stage: LossMetrics() for stage in METRIC_STAGES}
 
     # The Args section comes from the core's help text, the one source of every adapter's key help;
     # LightningCLI reads it for --help.
@@ -106,36 +106,14 @@ class PromptLossWeightHooks:
             result = prompt_weighted_loss_from_hidden(
                 _hidden_states_of(output), lm_head_weight, masks, weight, lm_head_bias=lm_head_bias, normalizer=normalizer
             )
-        if stage in self._totals:
-            self._accumulate(stage, result)
+        if stage in self._metrics:
+            self._metrics[stage].add(result)
         return result.loss
 
-    def _accumulate(self, stage: str, result: PLWLoss) -> None:
-        # NLL sums and token counts, so that the epoch's means are weighted by tokens, not by batches.
-        batch_totals = torch.stack(
-            [
-                result.prompt_loss * result.prompt_tokens,
-                result.prompt_tokens,
-                result.completion_loss * result.completion_tokens,
-                result.completion_tokens,
-            ]
-        ).detach()
-        totals = self._totals[stage]
-        self._totals[stage] = batch_totals if totals is None else totals + batch_totals
-
     def _log_epoch(self, pl_module: Any, stage: str) -> None:
-        totals = self._totals[stage]
-        self._totals[stage] = None
-        # Every rank runs the same epochs, so every rank joins the sum, with zeros if it saw no batch.
-        if totals is None:
-            totals = torch.zeros(4, device=pl_module.device)
-        prompt_nll, prompt_tokens, completion_nll, completion_tokens = sum_across_ranks(totals).tolist()
-        for name, nll, tokens in (
-            ("prompt_loss", prompt_nll, prompt_tokens),
-            ("completion_loss", completion_nll, completion_tokens),
-        ):
-            if tokens > 0:
-                pl_module.log(f"{stage}/{name}", nll / tokens, on_step=False, on_epoch=True, batch_size=1)
+        # Every rank runs the same epochs, so every rank joins the rank sum inside pop().
+        for name, value in self._metrics[stage].pop(device=pl_module.device).items():
+            pl_module.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=1)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         from .mixin import PromptLossWeightMixin
@@ -169,19 +147,19 @@ class PromptLossWeightHooks:
         self._follow_schedule(trainer)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._totals["train"] = None
+        self._metrics["train"].reset()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._log_epoch(pl_module, "train")
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._totals["val"] = None
+        self._metrics["val"].reset()
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._log_epoch(pl_module, "val")
 
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._totals["test"] = None
+        self._metrics["test"].reset()
 
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._log_epoch(pl_module, "test")

@@ -48,7 +48,7 @@ scaling, no adapter on the LM head); tensor / context / sequence parallelism are
 """
 
 from .lm_head import PLWForwardOutput, PLWRequest, check_lm_head, install_plw_forward, unwrap_causal_lm
-from .metrics import LossMetrics, completion_token_statistics
+from .metrics import completion_token_statistics
 from .trainer import (
     BATCH_ONLY_KEYS,
     CONFIG_KEYS,
@@ -60,7 +60,6 @@ from .trainer import (
 __all__ = [
     "BATCH_ONLY_KEYS",
     "CONFIG_KEYS",
-    "LossMetrics",
     "PLWForwardOutput",
     "PLWRequest",
     "PromptLossWeightTrainerMixin",

@@ -1,49 +1,13 @@
-"""The metrics logged beside the loss: token-weighted ``prompt_loss`` / ``completion_loss`` over
-every micro-batch since the last log, and TRL's entropy and token accuracy over completion targets."""
+"""TRL's entropy and token accuracy over completion targets, for the core's lean path (the
+token-weighted ``prompt_loss`` / ``completion_loss`` are the core's ``plw_plugins.metrics.LossMetrics``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from plw_plugins import LossMasks, PLWLoss, sum_across_ranks
+from plw_plugins import LossMasks
 from plw_plugins.chunked import default_chunk_size
-
-
-class LossMetrics:
-    """Sums NLL and token counts per class over micro-batches (and ranks), so that the logged mean is
-    over tokens, not a mean of per-batch means."""
-
-    def __init__(self) -> None:
-        self._totals: Tensor | None = None
-
-    def add(self, result: PLWLoss) -> None:
-        """Accumulate one call's metrics (detached)."""
-        totals = torch.stack([
-            result.prompt_loss.detach() * result.prompt_tokens,
-            result.prompt_tokens,
-            result.completion_loss.detach() * result.completion_tokens,
-            result.completion_tokens,
-        ]).float()
-        self._totals = totals if self._totals is None else self._totals + totals.to(self._totals.device)
-
-    def pop(self, *, across_ranks: bool = True) -> dict[str, float]:
-        """``{"prompt_loss": ..., "completion_loss": ...}`` since the last pop, then reset.
-
-        With ``across_ranks`` it sums over data-parallel ranks, a collective: every rank must call it
-        (with nothing accumulated, it contributes zeros).
-        """
-        totals = torch.zeros(4) if self._totals is None else self._totals
-        if across_ranks:
-            totals = sum_across_ranks(totals)
-        self._totals = None
-        prompt_sum, prompt_tokens, completion_sum, completion_tokens = totals.tolist()
-        metrics = {}
-        if prompt_tokens > 0:
-            metrics["prompt_loss"] = prompt_sum / prompt_tokens
-        if completion_tokens > 0:
-            metrics["completion_loss"] = completion_sum / completion_tokens
-        return metrics
 
 
 @torch.no_grad()

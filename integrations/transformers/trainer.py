@@ -10,10 +10,10 @@ import transformers
 from torch import Tensor, nn
 
 from plw_plugins import LossMasks, PromptLossWeightConfig, build_loss_masks_from_batch, sum_across_ranks
+from plw_plugins.metrics import LossMetrics
 from plw_plugins.normalization import data_parallel_world_size
 
 from .lm_head import PLWForwardOutput, PLWRequest, install_plw_forward
-from .metrics import LossMetrics
 
 CONFIG_KEYS = ("prompt_loss_weight", "prompt_loss_weight_policy", "prompt_loss_weight_final")
 """The keys of ``PromptLossWeightConfig`` that the trainer's ``args`` carry."""
@@ -165,7 +165,7 @@ class PromptLossWeightTrainerMixin:
         """Add ``prompt_loss`` / ``completion_loss`` (``eval_`` prefixed in evaluation) and, in
         training, the ``prompt_loss_weight`` of the last step to the trainer's own metrics."""
         mode = "train" if self.model.training else "eval"
-        metrics = self._plw_metrics[mode].pop()
+        metrics = self._plw_metrics[mode].pop(device=self.args.device)
         if mode == "train":
             last = self._plw_last_train_weight
             metrics["prompt_loss_weight"] = self.current_prompt_loss_weight() if last is None else last

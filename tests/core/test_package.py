@@ -37,3 +37,23 @@ def test_public_names():
     for name in ("build_loss_masks", "prompt_weighted_loss", "prompt_weighted_loss_from_hidden", "PLWLoss",
                  "LossMasks", "validate_prompt_loss_weight", "hookimpl", "PromptLossWeightConfig"):
         assert name in plw_plugins.__all__ and hasattr(plw_plugins, name)
+
+
+def test_loss_metrics_are_token_weighted_over_calls():
+    import torch
+
+    from plw_plugins import PLWLoss
+    from plw_plugins.metrics import LossMetrics
+
+    def call(prompt_loss, prompt_tokens, completion_loss, completion_tokens):
+        t = torch.tensor
+        return PLWLoss(t(0.0), t(prompt_loss), t(completion_loss), t(prompt_tokens), t(completion_tokens), t(0.0))
+
+    metrics = LossMetrics()
+    metrics.add(call(2.0, 1.0, 1.0, 3.0))
+    metrics.add(call(4.0, 3.0, 0.0, 0.0))
+    assert metrics.pop() == {"prompt_loss": 3.5, "completion_loss": 1.0}  # not the per-call means (3.0, 0.5)
+    assert metrics.pop() == {}
+    metrics.add(call(1.0, 2.0, 1.0, 2.0))
+    metrics.reset()
+    assert metrics.pop() == {}
