@@ -179,7 +179,7 @@ def main() -> None:
     sys.path.insert(0, str(BENCHMARKS))
     from record import machine, markdown_table, record
 
-    from plw_plugins.tiny_model import build_tiny_llama
+    from plw_plugins.cli.tiny_model import build_tiny_llama
 
     rows_needed = 4 * MICRO_BATCH * ACCUMULATION * args.steps  # about three samples fit in a packed row
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,7 +45,7 @@ def run_variant(name: str, model_dir: str, steps: int) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from plw_plugins.integrations.trl import PLWSFTConfig, PLWSFTTrainer
-    from plw_plugins.datasets import alpaca_to_prompt_completion
+    from plw_plugins.cli.datasets import alpaca_to_prompt_completion
 
     spec = VARIANTS[name]
     rows = [alpaca_to_prompt_completion(row) for row in json.loads(DATA.read_text())[: BATCH * steps]]
@@ -99,7 +99,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from record import machine, markdown_table, record
 
-    from plw_plugins.tiny_model import build_tiny_llama
+    from plw_plugins.cli.tiny_model import build_tiny_llama
 
     with tempfile.TemporaryDirectory() as model_dir:
         build_tiny_llama(model_dir, hidden_size=256, layers=4, vocab_size=2048)

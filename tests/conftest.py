@@ -19,7 +19,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny Llama with its own pad token."""
-    from plw_plugins.tiny_model import build_tiny_llama
+    from plw_plugins.cli.tiny_model import build_tiny_llama
 
     path = tmp_path_factory.mktemp("tiny-llama")
     build_tiny_llama(path)
@@ -29,7 +29,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir_pad_is_eos(tmp_path_factory) -> Path:
     """A saved tiny Llama whose tokenizer pads with its eos token, as many Llama tokenizers do."""
-    from plw_plugins.tiny_model import build_tiny_llama
+    from plw_plugins.cli.tiny_model import build_tiny_llama
 
     path = tmp_path_factory.mktemp("tiny-llama-pad-eos")
     build_tiny_llama(path, pad_is_eos=True)

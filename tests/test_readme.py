@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from plw_plugins.builtin_data import instruction_rows
+from plw_plugins.cli.builtin_data import instruction_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

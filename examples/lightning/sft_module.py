@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from plw_plugins.builtin_data import PROMPT_TEMPLATE, instruction_rows
+from plw_plugins.cli.builtin_data import PROMPT_TEMPLATE, instruction_rows
 from plw_plugins.integrations.lightning import PromptLossWeightMixin
 from plw_plugins.masks import IGNORE_INDEX
 

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model_path = args.model
     if model_path is None:
-        from plw_plugins.tiny_model import build_tiny_llama
+        from plw_plugins.cli.tiny_model import build_tiny_llama
 
         model_path = tempfile.mkdtemp(prefix="tiny-llama-")
         build_tiny_llama(model_path)

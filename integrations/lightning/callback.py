@@ -29,16 +29,10 @@ from plw_plugins.config import HELP
 from plw_plugins.metrics import LossMetrics
 from plw_plugins.normalization import data_parallel_world_size
 
+from .mixin import USAGE, PromptLossWeightMixin
+
 STATE_KEY = "plw_plugins.PromptLossWeight"
 METRIC_STAGES = ("train", "val", "test")
-# What the helper says when it finds no callback, and the callback when the helper was never called.
-USAGE = (
-    "mix PromptLossWeightMixin into the LightningModule, return "
-    "self.prompt_weighted_loss(output, batch) from training_step (output: the model's output or its logits; "
-    "batch: the dict with input_ids, labels and attention_mask or position_ids), and pass "
-    "PromptLossWeight(prompt_loss_weight=...) in Trainer(callbacks=[...])"
-)
-
 
 class PromptLossWeightHooks:
     """Trains prompt tokens at a fractional weight: ``sum_i w_i * nll_i / W`` with ``w_i`` 1 on completion
@@ -55,6 +49,8 @@ class PromptLossWeightHooks:
     loss by the accumulation factor it reads at that step, so an optimiser step's gradient is the mean
     of its micro-batches' gradients, each normalised by that micro-batch's ``W`` summed over ranks.
     """
+
+    computes_prompt_weighted_loss = True  # how PromptLossWeightMixin finds this callback among the Trainer's
 
     def __init__(
         self,
@@ -116,8 +112,6 @@ class PromptLossWeightHooks:
             pl_module.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=1)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        from .mixin import PromptLossWeightMixin
-
         if not isinstance(pl_module, PromptLossWeightMixin):
             raise TypeError(f"the PromptLossWeight callback needs {type(pl_module).__name__} to compute its loss: {USAGE}")
 

@@ -11,7 +11,13 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from .callback import USAGE, PromptLossWeightHooks
+# What the helper says when it finds no callback, and the callback when the helper was never called.
+USAGE = (
+    "mix PromptLossWeightMixin into the LightningModule, return "
+    "self.prompt_weighted_loss(output, batch) from training_step (output: the model's output or its logits; "
+    "batch: the dict with input_ids, labels and attention_mask or position_ids), and pass "
+    "PromptLossWeight(prompt_loss_weight=...) in Trainer(callbacks=[...])"
+)
 
 
 class PromptLossWeightMixin:
@@ -48,12 +54,12 @@ class PromptLossWeightMixin:
         return _callback_of(self).compute_loss(self.trainer, output, batch, lm_head)
 
 
-def _callback_of(module: Any) -> PromptLossWeightHooks:
+def _callback_of(module: Any) -> Any:
     try:
         trainer = module.trainer
     except RuntimeError:
         trainer = None
-    callbacks = [] if trainer is None else [c for c in trainer.callbacks if isinstance(c, PromptLossWeightHooks)]
+    callbacks = [] if trainer is None else [c for c in trainer.callbacks if getattr(c, "computes_prompt_weighted_loss", False)]
     if len(callbacks) != 1:
         found = "no PromptLossWeight callback" if not callbacks else f"{len(callbacks)} PromptLossWeight callbacks"
         where = "the module is not attached to a Trainer" if trainer is None else f"the Trainer has {found}"

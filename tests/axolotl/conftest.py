@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plw_plugins.builtin_data import instruction_messages
+from plw_plugins.cli.builtin_data import instruction_messages
 
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")  # before Axolotl is imported: no telemetry
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from plw_plugins import build_loss_masks_from_batch
-from plw_plugins.builtin_data import instruction_rows
+from plw_plugins.cli.builtin_data import instruction_rows
 
 pytestmark = pytest.mark.axolotl
 

@@ -40,7 +40,7 @@ def test_axolotl_loads_the_readme_lines(tmp_path, tiny_model_dir, alpaca_jsonl):
 def test_the_offline_example_data_is_the_packages_built_in_data():
     import json
 
-    from plw_plugins.builtin_data import alpaca_rows
+    from plw_plugins.cli.builtin_data import alpaca_rows
 
     lines = (ROOT / "examples" / "axolotl" / "builtin_alpaca.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == alpaca_rows(len(lines))

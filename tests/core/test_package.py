@@ -1,3 +1,4 @@
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ def test_import_needs_only_torch_and_pluggy():
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
-        "import plw_plugins, plw_plugins.cli, plw_plugins.builtin_data\n"
+        "import plw_plugins, plw_plugins.cli, plw_plugins.cli.builtin_data\n"
         "print(sorted(plw_plugins.weight_policies()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -31,6 +32,37 @@ def test_adapters_install_under_plw_plugins_integrations_and_no_top_level_integr
     top_level, trl_folder = out.stdout.split()
     assert top_level == "None"
     assert Path(trl_folder) == ROOT / "integrations" / "trl"
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function, relative imports resolved."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_core_imports_no_command_and_no_adapter():
+    core = sorted((ROOT / "plw_plugins").glob("*.py"))
+    assert {path.name for path in core} >= {"loss.py", "masks.py", "policies.py"}
+    for path in core:
+        upward = {name for name in imported_modules(path, "plw_plugins")
+                  if name.startswith(("plw_plugins.cli", "plw_plugins.integrations"))}
+        assert not upward, f"{path.name} imports {sorted(upward)}"
+
+
+def test_the_lightning_callback_and_mixin_do_not_import_each_other():
+    folder = ROOT / "integrations" / "lightning"
+    package = "plw_plugins.integrations.lightning"
+    callback = imported_modules(folder / "callback.py", package)
+    mixin = imported_modules(folder / "mixin.py", package)
+    assert not (f"{package}.callback" in mixin and f"{package}.mixin" in callback)
 
 
 def test_public_names():

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from plw_plugins.builtin_data import instruction_messages
-from plw_plugins.demo import main, parse_weights
+from plw_plugins.cli.builtin_data import instruction_messages
+from plw_plugins.cli.demo import main, parse_weights
 
 
 def table_rows(output: str) -> dict[str, list[float]]:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from plw_plugins.builtin_data import alpaca_rows, instruction_messages, instruction_rows
-from plw_plugins.datasets import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT
-from plw_plugins.stats import main, percentile, token_lengths
+from plw_plugins.cli.builtin_data import alpaca_rows, instruction_messages, instruction_rows
+from plw_plugins.cli.datasets import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT
+from plw_plugins.cli.stats import main, percentile, token_lengths
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -165,7 +165,7 @@ def test_counts_equal_sft_trainer_masks(tmp_path, tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from plw_plugins.datasets import to_prompt_completion
+    from plw_plugins.cli.datasets import to_prompt_completion
 
     text = to_prompt_completion(alpaca_rows(12)).rows
     chat = to_prompt_completion(instruction_messages(12)).rows
@@ -264,10 +264,10 @@ def test_percentile_matches_numpy():
 
 
 def test_core_modules_import_without_optional_dependencies():
-    """stats, datasets, advice and demo are part of the core package: importing them loads no
-    transformers, datasets, matplotlib or trl."""
+    """The commands import their heavy dependencies only when run: importing stats, datasets, advice
+    and demo loads no transformers, datasets, matplotlib or trl."""
     code = (
-        "import sys, plw_plugins, plw_plugins.stats, plw_plugins.datasets, plw_plugins.advice, plw_plugins.demo\n"
+        "import sys, plw_plugins, plw_plugins.cli.stats, plw_plugins.cli.datasets, plw_plugins.cli.advice, plw_plugins.cli.demo\n"
         "loaded = [m for m in ('transformers', 'datasets', 'matplotlib', 'trl') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

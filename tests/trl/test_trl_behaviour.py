@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig
 from trl_harness import conversational, last_train_logs, train_one_step, training_args
 
-from plw_plugins.builtin_data import instruction_rows
+from plw_plugins.cli.builtin_data import instruction_rows
 from plw_plugins.integrations.transformers import install_plw_forward
 from plw_plugins.integrations.trl import PLWSFTConfig, PLWSFTTrainer
 

@@ -17,7 +17,7 @@ from trl_harness import (
     train_one_step,
 )
 
-from plw_plugins.builtin_data import instruction_rows
+from plw_plugins.cli.builtin_data import instruction_rows
 
 LAYOUTS = {
     "padded": {},

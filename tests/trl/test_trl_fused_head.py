@@ -7,7 +7,7 @@ import pytest
 from trl.trainer import utils as trl_utils
 from trl_harness import assert_same_parameters, initial_parameters, last_train_logs, parameters, train_one_step
 
-from plw_plugins.builtin_data import instruction_rows
+from plw_plugins.cli.builtin_data import instruction_rows
 from plw_plugins.integrations.trl import PLWSFTTrainer
 
 pytestmark = pytest.mark.skipif(

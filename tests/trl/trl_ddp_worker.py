@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from trl_harness import train_one_step
 
-from plw_plugins.builtin_data import instruction_rows
+from plw_plugins.cli.builtin_data import instruction_rows
 
 PROMPT_LOSS_WEIGHT = 0.3
 

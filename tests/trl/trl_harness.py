@@ -21,7 +21,7 @@ LEARNING_RATE = 10.0
 
 def alpaca_to_prompt_completion(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     """Alpaca rows as prompt-completion rows, as ``plw-plugins sft`` converts them."""
-    from plw_plugins.datasets import alpaca_to_prompt_completion as convert
+    from plw_plugins.cli.datasets import alpaca_to_prompt_completion as convert
 
     return [convert(row) for row in rows]
 

@@ -11,12 +11,40 @@ rows (``instruction``, ``input``, ``output``) are turned into prompt-completion 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
+
+from .datasets import alpaca_to_prompt_completion
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_sft_dataset(name: str, config: str | None = None, streaming: bool = False) -> Any:
+    """A ``DatasetDict`` from a local file (json, jsonl, csv, parquet: all rows in its ``train`` split),
+    a local dataset folder or a hub name. Alpaca-format rows become prompt-completion rows."""
+    from datasets import load_dataset
+
+    path = Path(name)
+    if path.is_file():
+        if path.suffix not in FILE_BUILDERS:
+            raise ValueError(f"dataset_name={name!r}: unknown file type; use one of {', '.join(FILE_BUILDERS)}")
+        dataset = load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), streaming=streaming)
+    else:
+        dataset = load_dataset(name, name=config, streaming=streaming)
+    return {split: _as_prompt_completion(part) for split, part in dataset.items()}
+
+
+def _as_prompt_completion(dataset: Any) -> Any:
+    columns = set(dataset.column_names or [])
+    if {"instruction", "output"} <= columns and "prompt" not in columns:
+        return dataset.map(alpaca_to_prompt_completion, remove_columns=sorted(columns))
+    return dataset
 
 
 def make_parser():
     from trl import ModelConfig, ScriptArguments, TrlParser
 
-    from .config import PLWSFTConfig
+    from plw_plugins.integrations.trl import PLWSFTConfig
 
     return TrlParser((ScriptArguments, PLWSFTConfig, ModelConfig), prog="plw-plugins sft")
 
@@ -25,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, train, save the model to ``output_dir``; return the exit status."""
     from trl import get_peft_config, get_quantization_config
 
-    from .data import load_sft_dataset
-    from .trainer import PLWSFTTrainer
+    from plw_plugins.integrations.trl import PLWSFTTrainer
 
     parser = make_parser()
     script_args, training_args, model_args = parser.parse_args_and_config(args=sys.argv[1:] if argv is None else argv)

@@ -7,10 +7,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("plw_plugins.demo", "fine-tune a tiny local model at several prompt loss weights and compare"),
-    "stats": ("plw_plugins.stats", "token statistics of a dataset and whether the prompt loss weight matters for it"),
-    "sft": ("plw_plugins.integrations.trl.cli", "TRL's `trl sft` with PLWSFTTrainer and the prompt_loss_weight keys"),
-    "tiny-model": ("plw_plugins.tiny_model_cli", "save the built-in tiny Llama and tokenizer to a folder"),
+    "demo": ("plw_plugins.cli.demo", "fine-tune a tiny local model at several prompt loss weights and compare"),
+    "stats": ("plw_plugins.cli.stats", "token statistics of a dataset and whether the prompt loss weight matters for it"),
+    "sft": ("plw_plugins.cli.sft", "TRL's `trl sft` with PLWSFTTrainer and the prompt_loss_weight keys"),
+    "tiny-model": ("plw_plugins.cli.tiny_model", "save the built-in tiny Llama and tokenizer to a folder"),
 }
 
 
@@ -34,6 +34,3 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     return module.main(rest) or 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plw_plugins.validation import validate_prompt_loss_weight
+
 from .datasets import FORMATS, DataError, read_records, template_argument, to_prompt_completion
-from .validation import validate_prompt_loss_weight
 
 DEFAULT_WEIGHTS = "0,0.1,1"
 BUILTIN_TRAIN_ROWS = 1200

@@ -1,10 +1,11 @@
-"""A tiny Llama and a byte-level BPE tokenizer built locally, for the demo, the examples, the
-tests and the benchmarks: nothing is fetched from a hub. Needs ``transformers`` and ``tokenizers``
-(the ``trl`` or ``lightning`` extras), imported only when called.
+"""``plw-plugins tiny-model DIR``: a tiny Llama and a byte-level BPE tokenizer built locally, for the
+demo, the examples, the tests and the benchmarks: nothing is fetched from a hub. Needs
+``transformers`` and ``tokenizers`` (the ``trl`` or ``lightning`` extras), imported only when called.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,16 @@ def build_tiny_llama(
         model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
     return model, tokenizer
+
+
+def main(argv: list[str]) -> int:
+    """Save the built-in tiny Llama and tokenizer to a folder, e.g. for the offline Axolotl example."""
+    parser = argparse.ArgumentParser(
+        prog="plw-plugins tiny-model", description="Save the built-in tiny Llama and tokenizer to a folder."
+    )
+    parser.add_argument("output_dir", help="folder to write config, weights and tokenizer to")
+    parser.add_argument("--pad-is-eos", action="store_true", help="use the eos token for padding, as many Llama tokenizers do")
+    args = parser.parse_args(argv)
+    build_tiny_llama(args.output_dir, pad_is_eos=args.pad_is_eos)
+    print(f"saved a tiny Llama and its tokenizer to {args.output_dir}")
+    return 0
