@@ -4,6 +4,9 @@ Grounded in one study, cited in every piece of advice: Huerta-Enochian & Ko, "In
 Fine-Tuning: Does Prompt Loss Matter?", EMNLP 2024, arXiv:2401.13586. They fine-tuned LLaMA 1 and 2
 (7B) on Alpaca-style data at prompt loss weights from 0 to 1 and found the weight matters on
 short-completion data (generation ratio R_g < 1) and not significantly on longer completions.
+
+The regime comes from R_g as the study measures it (the data's own text, no template); the loss
+shares at each weight come from the tokens the trainer trains (template included).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ CITATION = (
 )
 SHORT_COMPLETION_BELOW = 1.0
 SHOWN_WEIGHTS = (0.01, 0.1, 0.5, 1.0)
+TEMPLATE_ADVICE_FROM = 0.2  # the template's share of the trained prompt from which the advice speaks of it
+STUDY_DATASETS = "AlpacaDataShort 0.08, AlpacaData 3.27, AlpacaDataCleaned 7.83"  # the study's Table 1
 
 
 def prompt_loss_share(prompt_tokens: int, completion_tokens: int, prompt_loss_weight: float) -> float:
@@ -23,9 +28,21 @@ def prompt_loss_share(prompt_tokens: int, completion_tokens: int, prompt_loss_we
     return weighted / total if total else 0.0
 
 
-def advice(generation_ratio: float, generation_ratio_mean_of_rows: float, prompt_tokens: int, completion_tokens: int, short_completion_row_share: float) -> list[str]:
+def advice(
+    generation_ratio: float,
+    generation_ratio_mean_of_rows: float,
+    prompt_tokens: int,
+    completion_tokens: int,
+    short_completion_row_share: float,
+    *,
+    template_prompt_share: float = 0.0,
+    template_tokens_per_row: float = 0.0,
+) -> list[str]:
     """Paragraphs of advice for data with these statistics: its regime, the weights the study found
-    best for it, and what a weight of 0 and of 1 risk."""
+    best for it, what a weight of 0 and of 1 risk, and what a large template means.
+
+    ``generation_ratio`` and its mean of rows are the study's (content); ``prompt_tokens`` and
+    ``completion_tokens`` are the trained counts, template included, on which the loss shares depend."""
     share = {w: prompt_loss_share(prompt_tokens, completion_tokens, w) for w in SHOWN_WEIGHTS}
     share_line = ", ".join(f"PLW {w:g}: {100 * s:.1f}%" for w, s in share.items())
     paragraphs = []
@@ -34,7 +51,8 @@ def advice(generation_ratio: float, generation_ratio_mean_of_rows: float, prompt
             f"SHORT-COMPLETION DATA (R_g = {generation_ratio:.2f} < 1): the regime in which the prompt loss weight "
             "matters. In the study, downstream scores had a statistically significant negative quadratic relationship "
             "with PLW on such data: small non-zero weights (0.01 to 0.5) beat both 0 and 1 on multiple-choice and "
-            "short-generation benchmarks, while weights near 1 were best on long-generation benchmarks.",
+            "short-generation benchmarks, while weights near 1 were best on long-generation benchmarks. "
+            f"For comparison, the study's R_g (Table 1): {STUDY_DATASETS}.",
             "What to do: if your target is short answers (classification, extraction, multiple choice, tool calls), "
             "start at PLW 0.01 to 0.1 (the package default is 0.1); if it is long-form generation, try a weight near 1. "
             "If you can afford a sweep, compare 0.01, 0.1 and 0.5 on your own evaluation "
@@ -50,7 +68,8 @@ def advice(generation_ratio: float, generation_ratio_mean_of_rows: float, prompt
         paragraphs += [
             f"LONG-COMPLETION DATA (R_g = {generation_ratio:.2f} >= 1): the study found no significant relationship "
             "between PLW and downstream scores on medium- and long-completion data, so the weight is a low-stakes "
-            "choice here: the package default 0.1 and the usual 0 should both do.",
+            "choice here: the package default 0.1 and the usual 0 should both do. "
+            f"For comparison, the study's R_g (Table 1): {STUDY_DATASETS}.",
             "Risk of PLW = 0 and of PLW = 1: small on this kind of data in the study. At PLW = 1, "
             f"{100 * share[1.0]:.1f}% of the loss would be prompt text; spend tuning effort on other hyperparameters first.",
         ]
@@ -66,8 +85,17 @@ def advice(generation_ratio: float, generation_ratio_mean_of_rows: float, prompt
             f"lengths are skewed ({100 * short_completion_row_share:.0f}% of rows have a shorter completion than prompt). "
             "The study's R_g is the ratio of means."
         )
+    if template_prompt_share >= TEMPLATE_ADVICE_FROM:
+        paragraphs.append(
+            f"TEMPLATE: {100 * template_prompt_share:.0f}% of the trained prompt ({template_tokens_per_row:.1f} tokens "
+            "per row) is template and special tokens, not your data. R_g above leaves it out, as the study does; the "
+            "trainer does not. At PLW > 0 the template is trained like the rest of the prompt: the model learns to "
+            "repeat the same scaffolding in every row, which it soon predicts almost perfectly, and the template's "
+            "tokens count in the loss's denominator, so each weight puts less weight on your prompts' own text than "
+            "the prompt share of the loss below suggests. A shorter template trains more of your data per weight."
+        )
     paragraphs += [
-        f"Share of the loss on prompt tokens by weight: {share_line}.",
+        f"Share of the loss on prompt tokens (template included) by weight: {share_line}.",
         f"Source: {CITATION} (LLaMA 1 and 2 7B, Alpaca-style data, PLW swept from 0 to 1).",
     ]
     return paragraphs

@@ -6,7 +6,7 @@ Formats: Alpaca (``instruction``, optional ``input``, ``output``), prompt-comple
 ``completion``, as text or as lists of messages) and conversational (``messages``). Every format
 becomes ``{"prompt": ..., "completion": ...}``, the shape TRL's ``SFTTrainer`` masks by itself:
 Alpaca through a prompt template, conversations split before their last assistant turn. Rows that
-cannot be used (a missing or empty field) are counted by reason, never raised on.
+cannot be used (a missing or empty field, a line that is not JSON) are counted by reason, never raised on.
 """
 
 from __future__ import annotations
@@ -36,6 +36,24 @@ class DataError(ValueError):
     """The data cannot be read or has no usable format; the message says which file and why."""
 
 
+@dataclass(frozen=True)
+class InvalidLine:
+    """A JSON Lines line that does not parse, kept in place of its record so that it is counted as skipped."""
+
+    number: int
+
+
+class TemplatedRow(dict):
+    """A text ``{"prompt", "completion"}`` row whose prompt a template built from the data's fields.
+
+    It is the plain dict the trainer takes; ``content_spans`` also remembers the character ranges of
+    ``prompt`` that the data wrote (Alpaca's instruction and input), so that lengths can be counted
+    as the study counts them, without the template.
+    """
+
+    content_spans: tuple[tuple[int, int], ...] = ()
+
+
 @dataclass
 class PromptCompletionRows:
     """Usable rows as ``{"prompt", "completion"}`` (text, or lists of messages) and why others were skipped."""
@@ -52,14 +70,18 @@ class PromptCompletionRows:
 def read_records(path: str | Path, *, split: str | None = None) -> list[Any]:
     """The records of a JSON or JSON Lines file, or of a dataset saved with ``save_to_disk``.
 
-    A saved ``DatasetDict`` needs ``split`` unless it has a ``train`` split or a single one.
-    JSON Lines lines that do not parse are kept as ``None`` so that they are counted as skipped.
+    A saved ``DatasetDict`` needs ``split`` unless it has a ``train`` split or a single one; a file
+    has no splits. JSON Lines lines that do not parse are kept as :class:`InvalidLine` so that they
+    are counted as skipped, by line number.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         return _read_saved_dataset(path, split)
+    if split is not None:
+        raise DataError(f"{path}: --split {split!r} given, but a JSON or JSON Lines file has no splits "
+                        "(--split chooses a split of a folder written by save_to_disk)")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -76,18 +98,20 @@ def read_records(path: str | Path, *, split: str | None = None) -> list[Any]:
                 return [data]
             if not isinstance(data, list):
                 raise DataError(f"{path}: JSON must be a list of objects, found {type(data).__name__}")
+            if not data:
+                raise DataError(f"{path}: the file has no rows (an empty JSON list)")
             return data
     records: list[Any] = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            records.append(None)
+            records.append(InvalidLine(number))
     if not records:
-        raise DataError(f"{path}: empty")
-    if all(record is None for record in records):
+        raise DataError(f"{path}: the file has no rows (it is empty)")
+    if all(isinstance(record, InvalidLine) for record in records):
         raise DataError(f"{path}: neither a JSON list nor JSON Lines (no line parses as JSON)")
     return records
 
@@ -175,19 +199,32 @@ def to_prompt_completion(records: list[Any], data_format: str | None = None, *, 
         validate_template(template)
     convert = {"alpaca": _alpaca, "prompt-completion": _prompt_completion, "messages": _messages}[data_format]
     result = PromptCompletionRows(format=data_format, rows=[])
+    invalid_lines = []
     for record in records:
+        if isinstance(record, InvalidLine):
+            invalid_lines.append(record.number)
+            continue
         if not isinstance(record, dict):
-            result.skipped["not valid JSON" if record is None else "not a JSON object"] += 1
+            result.skipped["not a JSON object"] += 1
             continue
         row = convert(record, template) if data_format == "alpaca" else convert(record)
         if isinstance(row, str):
             result.skipped[row] += 1
         else:
             result.rows.append(row)
+    if invalid_lines:
+        result.skipped[f"not valid JSON ({describe_lines(invalid_lines)})"] = len(invalid_lines)
     return result
 
 
-def alpaca_to_prompt_completion(record: dict, template: str | None = None) -> dict[str, str]:
+def describe_lines(numbers: list[int], shown: int = 5) -> str:
+    """``"line 7"``, ``"lines 3, 7, 9"`` or ``"lines 3, 7, 9, 12, 15 and 4 more"``."""
+    listed = ", ".join(map(str, numbers[:shown]))
+    more = f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+    return f"line{'s' if len(numbers) > 1 else ''} {listed}{more}"
+
+
+def alpaca_to_prompt_completion(record: dict, template: str | None = None) -> TemplatedRow:
     """One Alpaca record as ``prompt`` and ``completion``: the Stanford Alpaca prompts, or ``template``.
 
     The one conversion every command uses, so that ``plw-plugins stats`` counts what ``sft`` and
@@ -198,7 +235,7 @@ def alpaca_to_prompt_completion(record: dict, template: str | None = None) -> di
     return row
 
 
-def _alpaca(record: dict, template: str | None) -> dict | str:
+def _alpaca(record: dict, template: str | None) -> TemplatedRow | str:
     instruction, output = _text(record, "instruction"), _text(record, "output")
     if instruction is None:
         return "missing or empty `instruction`"
@@ -208,7 +245,29 @@ def _alpaca(record: dict, template: str | None) -> dict | str:
     extra = extra if isinstance(extra, str) and extra.strip() else ""
     if template is None:
         template = ALPACA_TEMPLATE if extra else ALPACA_TEMPLATE_NO_INPUT
-    return {"prompt": template.format(instruction=instruction, input=extra), "completion": output}
+    prompt, spans = format_with_spans(template, {"instruction": instruction, "input": extra})
+    row = TemplatedRow(prompt=prompt, completion=output)
+    row.content_spans = spans
+    return row
+
+
+def format_with_spans(template: str, values: dict[str, str]) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """``template.format(**values)`` and the character ranges in it where a non-empty value went."""
+    formatter = string.Formatter()
+    pieces: list[str] = []
+    spans = []
+    length = 0
+    for literal, name, spec, conversion in formatter.parse(template):
+        pieces.append(literal)
+        length += len(literal)
+        if name is None:
+            continue
+        value = formatter.format_field(formatter.convert_field(values[name], conversion), spec or "")
+        if value:
+            spans.append((length, length + len(value)))
+        pieces.append(value)
+        length += len(value)
+    return "".join(pieces), tuple(spans)
 
 
 def _prompt_completion(record: dict) -> dict | str:

@@ -89,10 +89,11 @@ def file_split(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
 
 def split_by_length_class(rows: list[dict], tokenizer: Any) -> dict[str, list[dict]]:
-    """Held-out rows split by their own completion/prompt token ratio (below 1: ``short``)."""
-    from .stats import token_lengths
+    """Held-out rows split by their own generation ratio as the study defines R_g, content tokens
+    without template or special tokens (completion shorter than prompt: ``short``)."""
+    from .stats import content_lengths
 
-    prompt_lengths, completion_lengths = token_lengths(rows, tokenizer)
+    prompt_lengths, completion_lengths = content_lengths(rows, tokenizer)
     classes: dict[str, list[dict]] = {"short": [], "long": []}
     for row, p, c in zip(rows, prompt_lengths, completion_lengths):
         classes["short" if c < p else "long"].append(row)

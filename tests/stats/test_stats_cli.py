@@ -4,6 +4,7 @@ and token counts checked against TRL's own dataset preparation."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from plw_plugins.cli.builtin_data import alpaca_rows, instruction_messages, instruction_rows
 from plw_plugins.cli.datasets import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT
-from plw_plugins.cli.stats import main, percentile, token_lengths
+from plw_plugins.cli.stats import main, percentile, trained_tokens
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -61,60 +62,191 @@ def alpaca_prompt(row: dict) -> str:
     return ALPACA_TEMPLATE_NO_INPUT.format(instruction=row["instruction"])
 
 
-@pytest.mark.parametrize("name", ["gpteacher_toolformer_alpaca.json", "gsm8k_train_alpaca.json"])
-def test_real_file_matches_an_independent_count(capsys, tmp_path, tiny_model_dir, tokenizer, name):
-    """The whole real file is read (every row, no skips, advice with the study's numbers); on its first
-    300 rows every --json total, mean, percentile and ratio equals a row-by-row count with numpy."""
+def content_counts(tokenizer, rows: list[dict]) -> tuple[list[int], list[int]]:
+    """The study's count, row by row: each Alpaca field tokenised alone, no special tokens."""
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    return [count(r["instruction"]) + count(r.get("input", "")) for r in rows], [count(r["output"]) for r in rows]
+
+
+def word_ratio(rows: list[dict]) -> float:
+    words = lambda text: len(text.split())  # noqa: E731
+    return sum(words(r["output"]) for r in rows) / sum(words(r["instruction"]) + words(r.get("input", "")) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer_dir(tmp_path_factory) -> Path:
+    """A tokenizer with one token per word of ``WORDS`` (others are [UNK], punctuation apart), the tiny
+    chat template and special tokens: content token counts are word counts, known exactly."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from plw_plugins.cli.tiny_model import CHAT_TEMPLATE
+
+    specials = ["[UNK]", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>", "<|tool|>"]
+    vocab = {word: index for index, word in enumerate(specials + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="[UNK]",
+        additional_special_tokens=specials[4:],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    path = tmp_path_factory.mktemp("word-tokenizer")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+# (instruction, input, output): content prompt tokens 5, 2, 4 and completion tokens 1, 6, 1
+HAND_MADE = [
+    ("alpha beta gamma", "delta epsilon", "zeta"),
+    ("eta theta", "", "iota kappa lambda mu alpha beta"),
+    ("gamma delta epsilon zeta", "", "eta"),
+]
+
+
+def pretokens(text: str) -> int:
+    """What the word tokenizer makes of any text: one token per word or run of punctuation."""
+    return len(re.findall(r"\w+|[^\w\s]+", text))
+
+
+def test_hand_made_data_gives_the_exact_ratio_in_every_format(capsys, tmp_path, word_tokenizer_dir):
+    """R_g is the ratio of the content means, 8 / 11, whatever the format or template; the mean of per-row
+    ratios is (1/5 + 6/2 + 1/4) / 3 and lands on the other side of 1. The trained counts add exactly the
+    Stanford Alpaca prompt's tokens and one eos per completion."""
+    alpaca = [{"instruction": i, "input": x, "output": o} for i, x, o in HAND_MADE]
+    text = [{"prompt": f"{i} {x}".strip() + "\n", "completion": o} for i, x, o in HAND_MADE]
+    chat = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]} for r in text]
+    tokenizer = ("--tokenizer", word_tokenizer_dir)
+    results = {
+        name: run_json(capsys, write_jsonl(tmp_path / f"{name}.jsonl", rows), *tokenizer)
+        for name, rows in (("alpaca", alpaca), ("text", text), ("chat", chat))
+    }
+    for got in results.values():
+        assert (got["rows"], got["prompt_tokens"], got["completion_tokens"]) == (3, 11, 8)
+        assert got["generation_ratio"] == round(8 / 11, 3) and got["short_completion"]
+        assert got["generation_ratio_mean_of_rows"] == round((1 / 5 + 6 / 2 + 1 / 4) / 3, 3)
+        assert got["short_completion_row_share"] == round(2 / 3, 3)
+        assert got["completion_length"]["max"] == 6 and got["prompt_length"]["p50"] == 4.0
+
+    template = sum(pretokens(alpaca_prompt(r)) - pretokens(r["instruction"]) - pretokens(r["input"]) for r in alpaca)
+    got = results["alpaca"]
+    assert got["template_tokens"] == template and got["trained_prompt_tokens"] == 11 + template
+    assert got["trained_completion_tokens"] == 8 + 3  # the eos
+    assert got["trained_generation_ratio"] == round(11 / (11 + template), 3)
+    assert got["template_prompt_share"] == round(template / (11 + template), 3)
+    assert results["text"]["template_tokens"] == 0 and results["text"]["trained_prompt_tokens"] == 11
+    # chat: <s> <|user|> before the prompt, <|assistant|> after it; the eos is trained with the completion
+    assert results["chat"]["template_tokens"] == 9 and results["chat"]["trained_completion_tokens"] == 11
+    assert results["chat"]["role_tokens"] == {"system": 0, "user": 11, "tool": 0, "history": 0, "completion": 8, "template": 12}
+    assert results["alpaca"]["role_tokens"] is None
+
+
+def test_conversation_role_totals_add_up_to_the_trained_tokens(capsys, tmp_path, word_tokenizer_dir, tiny_model_dir, tokenizer):
+    """Each role's content, earlier assistant turns apart from the final one, and the template's own
+    tokens; their sum is the conversation's length as the chat template tokenises it. With the word
+    tokenizer every count is known; with the byte-level one the totals still add up exactly."""
+    messages = [
+        {"role": "system", "content": "alpha beta"},
+        {"role": "user", "content": "gamma delta epsilon"},
+        {"role": "assistant", "content": "zeta"},
+        {"role": "tool", "content": "eta theta iota"},
+        {"role": "user", "content": "kappa"},
+        {"role": "assistant", "content": "lambda mu"},
+    ]
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": messages}])
+    got = run_json(capsys, path, "--tokenizer", word_tokenizer_dir)
+    # <s>, five role headers, </s> after the earlier assistant turn, </s> after the last
+    assert got["role_tokens"] == {"system": 2, "user": 4, "tool": 3, "history": 1, "completion": 2, "template": 9}
+    assert (got["prompt_tokens"], got["completion_tokens"], got["generation_ratio"]) == (10, 2, 0.2)
+    assert got["template_tokens"] == 8 and got["trained_prompt_tokens"] == 18 and got["trained_completion_tokens"] == 3
+    assert got["template_prompt_share"] == round(8 / 18, 3)
+
+    rows = instruction_messages(30)
+    rows[0]["messages"] = messages + rows[0]["messages"]
+    got = run_json(capsys, write_jsonl(tmp_path / "chat30.jsonl", rows), "--tokenizer", tiny_model_dir)
+    lengths = [len(tokenizer.apply_chat_template(r["messages"], return_dict=True)["input_ids"]) for r in rows]
+    assert sum(got["role_tokens"].values()) == sum(lengths) == got["trained_prompt_tokens"] + got["trained_completion_tokens"]
+    assert got["role_tokens"]["system"] > 0 and got["role_tokens"]["tool"] > 0 and got["role_tokens"]["history"] > 0
+    assert got["unlocated_messages"] == 0
+    assert main([str(tmp_path / "chat30.jsonl"), "--tokenizer", str(tiny_model_dir)]) == 0
+    report = capsys.readouterr().out
+    assert "conversation tokens by role" in report and "earlier assistant turns" in report
+    assert re.search(rf"all, as trained +{sum(lengths):,} ", report)
+
+
+@pytest.mark.parametrize(("name", "words", "regime"), [
+    ("gpteacher_toolformer_alpaca.json", 0.27, "SHORT-COMPLETION DATA"),
+    ("gsm8k_train_alpaca.json", 1.10, "LONG-COMPLETION DATA"),
+])
+def test_real_file_ratio_is_the_studys(capsys, tmp_path, tiny_model_dir, tokenizer, name, words, regime):
+    """The whole real file: no skips, R_g within 15% of the whitespace-word ratio (the template does not
+    count), the regime and advice from it; on the first 300 rows every --json count, mean, percentile
+    and ratio equals a row-by-row count, content and trained."""
     import numpy as np
 
     records = json.loads((SHARED_DATA / name).read_text())
-    assert main([str(SHARED_DATA / name), "--tokenizer", str(tiny_model_dir)]) == 0
-    report = capsys.readouterr().out
-    assert f"rows: {len(records):,} used, 0 skipped" in report
-    assert "SHORT-COMPLETION DATA" in report and "0.01 to 0.5" in report  # under the Alpaca prompt, both are
-    assert "Risk of PLW = 0" in report and "Risk of PLW = 1" in report and "arxiv.org/abs/2401.13586" in report
+    assert word_ratio(records) == pytest.approx(words, abs=0.005)
+    whole = run_json(capsys, SHARED_DATA / name, "--tokenizer", tiny_model_dir)
+    assert (whole["rows"], whole["skipped_rows"]) == (len(records), 0)
+    assert whole["generation_ratio"] == pytest.approx(words, rel=0.15)
+    assert whole["trained_generation_ratio"] < 0.8 * whole["generation_ratio"]  # the Alpaca prompt's template
+    assert whole["advice"][0].startswith(regime) and "AlpacaDataShort 0.08" in whole["advice"][0]
+    assert any(p.startswith("TEMPLATE:") for p in whole["advice"]) and "arxiv.org/abs/2401.13586" in whole["citation"]
 
     head = records[:300]
     subset = tmp_path / name
     subset.write_text(json.dumps(head))
     got = run_json(capsys, subset, "--tokenizer", tiny_model_dir)
-    p, c = map(np.array, independent_counts(tokenizer, [alpaca_prompt(r) for r in head], [r["output"] for r in head]))
+    p, c = map(np.array, content_counts(tokenizer, head))
+    tp, tc = map(np.array, independent_counts(tokenizer, [alpaca_prompt(r) for r in head], [r["output"] for r in head]))
     assert got["rows"] == 300 and got["skipped_rows"] == 0 and got["format"] == "alpaca"
-    assert got["prompt_tokens"] == p.sum() and got["completion_tokens"] == c.sum()
-    assert got["generation_ratio"] == pytest.approx(c.mean() / p.mean())
-    assert got["generation_ratio_mean_of_rows"] == pytest.approx((c / p).mean())
-    assert got["prompt_token_share"] == pytest.approx(p.sum() / (p.sum() + c.sum()))
-    assert got["short_completion_row_share"] == pytest.approx((c < p).mean())
-    for key, lengths in (("prompt_length", p), ("completion_length", c)):
-        assert got[key]["mean"] == pytest.approx(lengths.mean())
+    assert (got["prompt_tokens"], got["completion_tokens"]) == (p.sum(), c.sum())
+    assert (got["trained_prompt_tokens"], got["trained_completion_tokens"]) == (tp.sum(), tc.sum())
+    assert got["generation_ratio"] == round(c.sum() / p.sum(), 3)
+    assert got["generation_ratio_mean_of_rows"] == round((c / p).mean(), 3)
+    assert got["short_completion_row_share"] == round((c < p).mean(), 3)
+    assert got["trained_generation_ratio"] == round(tc.sum() / tp.sum(), 3)
+    assert got["trained_prompt_token_share"] == round(tp.sum() / (tp.sum() + tc.sum()), 3)
+    # every Alpaca field follows a newline of the template, so it tokenises alone as in the prompt
+    assert got["template_tokens"] == tp.sum() - p.sum()
+    assert got["template_tokens_per_row"] == round((tp.sum() - p.sum()) / 300, 1)
+    for key, lengths in (("prompt_length", p), ("completion_length", c), ("trained_prompt_length", tp), ("trained_completion_length", tc)):
+        assert got[key]["mean"] == round(lengths.mean(), 1)
         assert got[key]["max"] == lengths.max()
         for q in (50, 90, 99):
-            assert got[key][f"p{q}"] == pytest.approx(np.percentile(lengths, q))
+            assert got[key][f"p{q}"] == round(np.percentile(lengths, q), 1)
 
 
-def test_template_override_changes_the_prompt_and_the_regime(capsys, tmp_path, tiny_model_dir, tokenizer):
-    """GSM8K is short-completion under the Alpaca prompt (its preamble is long) and not under a bare one."""
+def test_the_template_changes_what_is_trained_not_the_ratio(capsys, tmp_path, tiny_model_dir, tokenizer):
+    """The Stanford Alpaca prompt, a bare one from a file, and one with the fields in reverse order: the
+    same content counts and R_g, different trained counts, each equal to an independent count."""
     rows = json.loads((SHARED_DATA / "gsm8k_train_alpaca.json").read_text())[:200]
     path = tmp_path / "gsm8k.json"
     path.write_text(json.dumps(rows))
-    template = "Q: {instruction}\nA: "
-    bare = run_json(capsys, path, "--tokenizer", tiny_model_dir, "--template", template)
-    p, c = independent_counts(tokenizer, [template.format(instruction=r["instruction"]) for r in rows], [r["output"] for r in rows])
-    assert (bare["prompt_tokens"], bare["completion_tokens"]) == (sum(p), sum(c))
-    assert bare["generation_ratio"] > 1 and not bare["short_completion"]
-    assert bare["advice"][0].startswith("LONG-COMPLETION DATA")
-
     template_file = tmp_path / "template.txt"
-    template_file.write_text(template)
-    assert run_json(capsys, path, "--tokenizer", tiny_model_dir, "--template", f"@{template_file}") == bare
+    template_file.write_text("Q: {instruction}\nA: ")
     alpaca = run_json(capsys, path, "--tokenizer", tiny_model_dir)
-    assert alpaca["generation_ratio"] < 1 and alpaca["short_completion"]
-    assert alpaca["advice"][0].startswith("SHORT-COMPLETION DATA")
+    bare = run_json(capsys, path, "--tokenizer", tiny_model_dir, "--template", f"@{template_file}")
+    reverse = run_json(capsys, path, "--tokenizer", tiny_model_dir, "--template", "{input}\n---\n{instruction}\n---\n")
+    content = ("prompt_tokens", "completion_tokens", "generation_ratio", "generation_ratio_mean_of_rows", "advice")
+    for key in content[:-1]:
+        assert alpaca[key] == bare[key] == reverse[key]
+    assert alpaca["advice"][0] == bare["advice"][0]  # the regime paragraph
+    p, c = independent_counts(tokenizer, [f"Q: {r['instruction']}\nA: " for r in rows], [r["output"] for r in rows])
+    assert (bare["trained_prompt_tokens"], bare["trained_completion_tokens"]) == (sum(p), sum(c))
+    assert bare["trained_generation_ratio"] == round(sum(c) / sum(p), 3)
+    assert alpaca["trained_generation_ratio"] < bare["trained_generation_ratio"] < bare["generation_ratio"]
+    assert alpaca["template_prompt_share"] > 0.2 > bare["template_prompt_share"] > 0
+    assert any(p.startswith("TEMPLATE:") for p in alpaca["advice"]) and not any(p.startswith("TEMPLATE:") for p in bare["advice"])
 
 
 def test_all_formats_and_containers_agree(capsys, tmp_path, tiny_model_dir):
-    """The same tasks as Alpaca JSON, prompt-completion JSONL, a saved Dataset and a saved DatasetDict
-    give the same statistics; text prompts formatted as the Alpaca template gives identical counts."""
+    """The same tasks as Alpaca JSON, prompt-completion JSONL, a saved Dataset and a saved DatasetDict:
+    what is trained is the same; the prompt-completion prompt as written (its "### Instruction:" header
+    included) is the content, where Alpaca's is the instruction alone."""
     from datasets import Dataset, DatasetDict
 
     template = "### Instruction:\n{instruction}\n\n### Response:\n"  # builtin_data's prompt template
@@ -126,12 +258,14 @@ def test_all_formats_and_containers_agree(capsys, tmp_path, tiny_model_dir):
         tmp_path / "saved_dict"
     )
     tokenizer = ("--tokenizer", tiny_model_dir)
-    reference = run_json(capsys, alpaca, *tokenizer, "--template", template)
-    reference.pop("format")
-    for path in (prompt_completion, tmp_path / "saved", tmp_path / "saved_dict"):
-        got = run_json(capsys, path, *tokenizer)
-        assert got.pop("format") == "prompt-completion"
-        assert got == reference
+    from_alpaca = run_json(capsys, alpaca, *tokenizer, "--template", template)
+    reference = run_json(capsys, prompt_completion, *tokenizer)
+    for path in (tmp_path / "saved", tmp_path / "saved_dict"):
+        assert run_json(capsys, path, *tokenizer) == reference
+    trained = [k for k in reference if k.startswith("trained_")] + ["completion_tokens", "completion_length"]
+    assert {k: from_alpaca[k] for k in trained} == {k: reference[k] for k in trained}
+    assert from_alpaca["prompt_tokens"] + from_alpaca["template_tokens"] == reference["prompt_tokens"]
+    assert reference["template_tokens"] == 0 and from_alpaca["generation_ratio"] > reference["generation_ratio"]
     test_split = run_json(capsys, tmp_path / "saved_dict", *tokenizer, "--split", "test")
     assert test_split["rows"] == 5
 
@@ -146,7 +280,7 @@ def test_messages_count_the_last_assistant_turn_as_completion(capsys, tmp_path, 
     ]
     got = run_json(capsys, write_jsonl(tmp_path / "chat.jsonl", rows), "--tokenizer", tiny_model_dir)
     assert got["format"] == "messages" and got["rows"] == 40
-    prompt_total = completion_total = 0
+    prompt_total = completion_total = content_prompt = content_completion = 0
     for row in rows:
         messages = row["messages"]
         prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, return_dict=True)["input_ids"]
@@ -155,28 +289,55 @@ def test_messages_count_the_last_assistant_turn_as_completion(capsys, tmp_path, 
         completion = full[len(prompt) :]
         assert tokenizer.decode(completion) == messages[-1]["content"] + tokenizer.eos_token
         prompt_total, completion_total = prompt_total + len(prompt), completion_total + len(completion)
-    assert (got["prompt_tokens"], got["completion_tokens"]) == (prompt_total, completion_total)
+        content_prompt += sum(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"]) for m in messages[:-1])
+        content_completion += len(tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"])
+    assert (got["trained_prompt_tokens"], got["trained_completion_tokens"]) == (prompt_total, completion_total)
+    assert (got["prompt_tokens"], got["completion_tokens"]) == (content_prompt, content_completion)
+    assert got["generation_ratio"] == round(content_completion / content_prompt, 3)
 
 
-def test_counts_equal_sft_trainer_masks(tmp_path, tiny_model_dir, tokenizer):
-    """TRL's own dataset preparation, for text and conversational prompt-completion rows, masks
-    exactly the tokens stats calls prompt and trains exactly those it calls completion."""
+def test_trained_counts_equal_sft_trainer_labels(tmp_path, tiny_model_dir, tokenizer):
+    """TRL's own dataset preparation, for Alpaca text and conversational rows, masks exactly the tokens
+    stats calls trained prompt and trains exactly those it calls trained completion; a conversation's
+    role totals are its length as the trainer tokenises it."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from plw_plugins.cli.datasets import to_prompt_completion
 
-    text = to_prompt_completion(alpaca_rows(12)).rows
+    text = to_prompt_completion(json.loads((SHARED_DATA / "gsm8k_train_alpaca.json").read_text())[:12]).rows
     chat = to_prompt_completion(instruction_messages(12)).rows
+    chat[0] = {"prompt": [{"role": "system", "content": "Be brief."}, *chat[0]["prompt"]], "completion": chat[0]["completion"]}
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     for rows in (text, chat):
         config = SFTConfig(output_dir=str(tmp_path / "out"), report_to=[], max_length=None, use_cpu=True)
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-        prepared = trainer.train_dataset
-        prompt_lengths, completion_lengths = token_lengths(rows, tokenizer)
-        assert [sum(label == -100 for label in labels) for labels in prepared["labels"]] == prompt_lengths
-        assert [sum(label != -100 for label in labels) for labels in prepared["labels"]] == completion_lengths
+        labels = trainer.train_dataset["labels"]
+        counted = trained_tokens(rows, tokenizer)
+        assert [sum(label == -100 for label in row) for row in labels] == counted.prompt_lengths
+        assert [sum(label != -100 for label in row) for row in labels] == counted.completion_lengths
+        assert all(0 < t < p for t, p in zip(counted.template_prompt_lengths, counted.prompt_lengths))
+    assert sum(counted.role_tokens.values()) == sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+
+
+def test_demo_splits_held_out_rows_by_content(tokenizer):
+    """The demo's short / long classes follow the study's per-row R_g: a GSM8K row whose answer is longer
+    than its question is long, though the Alpaca prompt makes its trained prompt the longer one."""
+    from plw_plugins.cli.datasets import to_prompt_completion
+    from plw_plugins.cli.demo import split_by_length_class
+
+    records = json.loads((SHARED_DATA / "gsm8k_train_alpaca.json").read_text())[:60]
+    rows = to_prompt_completion(records).rows
+    p, c = content_counts(tokenizer, records)
+    tp, tc = independent_counts(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows])
+    classes = split_by_length_class(rows, tokenizer)
+    assert classes["short"] == [row for row, a, b in zip(rows, p, c) if b < a]
+    assert classes["long"] == [row for row, a, b in zip(rows, p, c) if b >= a]
+    assert any(b >= a and tb < ta for a, b, ta, tb in zip(p, c, tp, tc))  # the template would have moved some
+    chat = instruction_messages(12)
+    classes = split_by_length_class(to_prompt_completion(chat).rows, tokenizer)
+    assert sum(map(len, classes.values())) == 12 and set(classes) == {"short", "long"}
 
 
 def test_skipped_rows_are_counted_by_reason(capsys, tmp_path, tiny_model_dir):
@@ -195,10 +356,46 @@ def test_skipped_rows_are_counted_by_reason(capsys, tmp_path, tiny_model_dir):
         "missing or empty `output`": 2,
         "missing or empty `instruction`": 2,
         "not a JSON object": 1,
-        "not valid JSON": 1,
+        "not valid JSON (line 16)": 1,
     }
     assert main([str(path), "--tokenizer", str(tiny_model_dir)]) == 0
     assert "rows: 10 used, 6 skipped (2 missing or empty `output`" in capsys.readouterr().out
+
+
+def test_broken_json_lines_are_named_by_number(capsys, tmp_path, tiny_model_dir):
+    """The first five broken lines by number, the rest counted; blank lines keep the numbering."""
+    good = [json.dumps(row) for row in alpaca_rows(4)]
+    lines = [good[0], "{", "", good[1], "oops", "[1,", good[2], "}", "nope", "x", good[3], "{'single': 'quotes'}"]
+    path = tmp_path / "broken.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    got = run_json(capsys, path, "--tokenizer", tiny_model_dir)
+    assert got["rows"] == 4
+    assert got["skipped_reasons"] == {"not valid JSON (lines 2, 5, 6, 8, 9 and 2 more)": 7}
+    assert main([str(path), "--tokenizer", str(tiny_model_dir)]) == 0
+    assert "7 skipped (7 not valid JSON (lines 2, 5, 6, 8, 9 and 2 more))" in capsys.readouterr().out
+
+
+def test_json_numbers_are_rounded_as_the_report_prints_them(capsys, tmp_path, tiny_model_dir):
+    """Ratios and shares to 3 decimals (0.216, 82.2%), lengths per row to 1; the text shows the same."""
+    data = write_jsonl(tmp_path / "pc.jsonl", alpaca_rows(37))
+    got = run_json(capsys, data, "--tokenizer", tiny_model_dir)
+
+    def floats(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from floats(v, k)
+        elif isinstance(value, float):
+            yield key, value
+
+    found = dict(floats({k: v for k, v in got.items() if k != "advice"}))
+    assert {"generation_ratio", "trained_generation_ratio", "template_prompt_share", "mean", "p99"} <= set(found)
+    for key, value in floats(got):
+        digits = 1 if key in ("mean", "p50", "p90", "p99", "template_tokens_per_row") else 3
+        assert value == round(value, digits) and len(repr(value).split(".")[1]) <= digits, (key, value)
+    assert main([str(data), "--tokenizer", str(tiny_model_dir)]) == 0
+    report = capsys.readouterr().out
+    assert f"{got['generation_ratio']:.3f}" in report and f"{100 * got['template_prompt_share']:.1f}%" in report
+    assert f"{got['trained_prompt_length']['mean']:,.1f}" in report
 
 
 def test_bad_input_is_a_clear_error_with_exit_code_2(capsys, tmp_path, tiny_model_dir):
@@ -223,12 +420,21 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(capsys, tmp_path, tiny_mode
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert "empty" in run_error(capsys, empty, *tokenizer)
+    assert "the file has no rows" in run_error(capsys, empty, *tokenizer)
+    empty_list = tmp_path / "empty.json"
+    empty_list.write_text("[]\n")
+    err = run_error(capsys, empty_list, *tokenizer)
+    assert f"{empty_list}: the file has no rows (an empty JSON list)" in err and "unknown data format" not in err
 
     all_skipped = write_jsonl(tmp_path / "skipped.jsonl", [{"instruction": "x", "output": ""}])
     assert "no usable rows in the alpaca data (1 missing or empty `output`)" in run_error(capsys, all_skipped, *tokenizer)
 
     good = write_jsonl(tmp_path / "good.jsonl", alpaca_rows(3))
+    good_json = tmp_path / "good.json"
+    good_json.write_text(json.dumps(alpaca_rows(3)))
+    for path in (good, good_json):
+        err = run_error(capsys, path, *tokenizer, "--split", "test")
+        assert f"{path}: --split 'test' given, but a JSON or JSON Lines file has no splits" in err
     assert "must contain {instruction}" in run_error(capsys, good, *tokenizer, "--template", "{input}")
     assert "unknown fields ['question']" in run_error(capsys, good, *tokenizer, "--template", "{instruction}{question}")
     assert "cannot read the template file" in run_error(capsys, good, *tokenizer, "--template", f"@{tmp_path / 'none.txt'}")
@@ -239,10 +445,11 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(capsys, tmp_path, tiny_mode
 
 
 def test_plot_writes_a_png_of_both_histograms(capsys, tmp_path, tiny_model_dir):
+    """Into a folder that does not exist yet: it is made."""
     from matplotlib.image import imread
 
     data = write_jsonl(tmp_path / "pc.jsonl", instruction_rows(60))
-    plot = tmp_path / "lengths.png"
+    plot = tmp_path / "new" / "folder" / "lengths.png"
     assert main([str(data), "--tokenizer", str(tiny_model_dir), "--plot", str(plot)]) == 0
     assert f"length histograms written to {plot}" in capsys.readouterr().out
     header = plot.read_bytes()[:24]
@@ -251,6 +458,23 @@ def test_plot_writes_a_png_of_both_histograms(capsys, tmp_path, tiny_model_dir):
     assert width > 800 and height > 300
     pixels = imread(plot)
     assert pixels.shape[:2] == (height, width) and pixels.std() > 0.05  # not blank
+
+
+def test_plot_without_matplotlib_still_reports(tmp_path, tiny_model_dir):
+    """Without matplotlib (hidden from the import system in a fresh interpreter) the report is printed,
+    no plot is written, one line on stderr says what is missing, and the exit code is 0."""
+    data = write_jsonl(tmp_path / "pc.jsonl", instruction_rows(20))
+    plot = tmp_path / "lengths.png"
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from plw_plugins.cli.stats import main\n"
+        f"sys.exit(main([{str(data)!r}, '--tokenizer', {str(tiny_model_dir)!r}, '--plot', {str(plot)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "generation ratio R_g" in done.stdout and "length histograms written" not in done.stdout
+    assert "no plot written: --plot needs matplotlib" in done.stderr and "pip install matplotlib" in done.stderr
+    assert "Traceback" not in done.stderr and not plot.exists()
 
 
 def test_percentile_matches_numpy():
