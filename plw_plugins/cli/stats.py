@@ -24,6 +24,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,8 @@ from .datasets import FORMATS, DataError, PromptCompletionRows, read_records, te
 RATIO = {"digits": 3}  # ratios print as 0.216 and shares as 82.2%: --json rounds them alike
 LENGTH = {"digits": 1}  # token lengths per row print as 298.8
 ROLES = ("system", "user", "tool", "history", "completion", "template")
+# the role_tokens key of each message role before the final assistant turn; any other role counts as user
 ROLE_OF = {"system": "system", "developer": "system", "tool": "tool", "function": "tool", "ipython": "tool", "assistant": "history"}
-TEMPLATE_ADVICE_FROM = 0.2  # the template's share of the trained prompt from which the advice mentions it
 
 
 @dataclass
@@ -194,16 +195,45 @@ def _locate(text: str, pieces: list[tuple[str, str]]) -> tuple[list[tuple[int, i
     return spans, missing
 
 
-def _labels(offsets: list[tuple[int, int]], spans: list[tuple[int, int, str]]) -> Any:
-    """Each token's span: the index of the span its characters overlap most, ``len(spans)`` (the
-    template) where it overlaps none: scaffolding, and special tokens added outside the text."""
+def _labels(tokens: Any, spans: list[tuple[int, int, str]]) -> Any:
+    """Each token's span, from its ``(start, end)`` character offsets (an n x 2 array): the index of
+    the span it overlaps most, ``len(spans)`` (the template) where it overlaps none: scaffolding, and
+    special tokens added outside the text."""
     import numpy as np
 
-    tokens = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     bounds = np.asarray([(start, end) for start, end, _ in spans], dtype=np.int64).reshape(-1, 2)
     overlap = np.minimum(tokens[:, 1:], bounds[:, 1]) - np.maximum(tokens[:, :1], bounds[:, 0])
     overlap = np.concatenate([overlap, np.zeros((len(tokens), 1), dtype=np.int64)], axis=1)  # the template column
     return np.where(overlap.max(axis=1) > 0, overlap.argmax(axis=1), len(spans))
+
+
+Layout = tuple[str, str, list[tuple[int, int, str]]]  # the prompt's text, the whole row's text, its content spans
+
+
+def _text_layout(row: dict[str, Any], eos: str) -> Layout:
+    """A text row as the trainer writes it: prompt, then prompt + completion + eos; the prompt's
+    content is all of it, or the ranges a template filled in."""
+    prompt, completion = row["prompt"], row["completion"]
+    content = getattr(row, "content_spans", None)
+    spans = [(a, b, "prompt") for a, b in (content if content is not None else [(0, len(prompt))])]
+    spans.append((len(prompt), len(prompt) + len(completion), "completion"))
+    return prompt, prompt + completion + ("" if completion.endswith(eos) else eos), spans
+
+
+def _chat_layouts(rows: list[dict[str, Any]], tokenizer: Any) -> tuple[list[Layout], int]:
+    """Conversations through the chat template: the prompt with the generation prompt, the whole
+    conversation, each message's content located by role; and how many contents were not found."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("conversational data needs a tokenizer with a chat template; this one has none")
+    conversations = [row["prompt"] + row["completion"] for row in rows]
+    prompts = tokenizer.apply_chat_template([row["prompt"] for row in rows], add_generation_prompt=True, tokenize=False)
+    layouts, unlocated = [], 0
+    for row, prompt, text, messages in zip(rows, prompts, tokenizer.apply_chat_template(conversations, tokenize=False), conversations):
+        roles = [ROLE_OF.get(m["role"], "user") for m in row["prompt"]] + ["completion"] * len(row["completion"])
+        spans, missing = _locate(text, [(role, m["content"]) for role, m in zip(roles, messages)])
+        layouts.append((prompt, text, spans))
+        unlocated += missing
+    return layouts, unlocated
 
 
 def trained_tokens(rows: list[dict[str, Any]], tokenizer: Any) -> TrainedTokens:
@@ -213,47 +243,36 @@ def trained_tokens(rows: list[dict[str, Any]], tokenizer: Any) -> TrainedTokens:
     conversations' tokens by role. Batched: two tokenizer calls per kind of row."""
     import numpy as np
 
-    count = len(rows)
-    prompt_texts, full_texts = [""] * count, [""] * count
-    spans: list[list[tuple[int, int, str]]] = [[] for _ in rows]
     chat_index = [i for i, row in enumerate(rows) if isinstance(row["prompt"], list)]
     text_index = [i for i, row in enumerate(rows) if not isinstance(row["prompt"], list)]
-    eos = tokenizer.eos_token or ""
+    layouts: list[Layout] = [("", "", [])] * len(rows)
     for i in text_index:
-        prompt, completion = rows[i]["prompt"], rows[i]["completion"]
-        content = getattr(rows[i], "content_spans", None)
-        prompt_texts[i] = prompt
-        full_texts[i] = prompt + completion + ("" if completion.endswith(eos) else eos)
-        spans[i] = [(a, b, "prompt") for a, b in (content if content is not None else [(0, len(prompt))])]
-        spans[i].append((len(prompt), len(prompt) + len(completion), "completion"))
+        layouts[i] = _text_layout(rows[i], tokenizer.eos_token or "")
     unlocated = 0
     if chat_index:
-        if not getattr(tokenizer, "chat_template", None):
-            raise DataError("conversational data needs a tokenizer with a chat template; this one has none")
-        prompts = [rows[i]["prompt"] for i in chat_index]
-        conversations = [rows[i]["prompt"] + rows[i]["completion"] for i in chat_index]
-        rendered_prompts = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
-        rendered = tokenizer.apply_chat_template(conversations, tokenize=False)
-        for i, prompt, text, messages in zip(chat_index, rendered_prompts, rendered, conversations):
-            roles = [ROLE_OF.get(m["role"], "user") for m in rows[i]["prompt"]] + ["completion"] * len(rows[i]["completion"])
-            spans[i], missing = _locate(text, [(role, m["content"]) for role, m in zip(roles, messages)])
-            prompt_texts[i], full_texts[i] = prompt, text
-            unlocated += missing
+        chat_layouts, unlocated = _chat_layouts([rows[i] for i in chat_index], tokenizer)
+        for i, layout in zip(chat_index, chat_layouts):
+            layouts[i] = layout
 
+    count = len(rows)
     result = TrainedTokens([0] * count, [0] * count, [0] * count, dict.fromkeys(ROLES, 0) if chat_index else None, unlocated)
     for index, special in ((text_index, True), (chat_index, False)):  # the chat template writes its own special tokens
         if not index:
             continue
-        prompt_ids = tokenizer([prompt_texts[i] for i in index], add_special_tokens=special)["input_ids"]
-        full = tokenizer([full_texts[i] for i in index], add_special_tokens=special, return_offsets_mapping=True)
-        for i, p, f, offsets in zip(index, prompt_ids, full["input_ids"], full["offset_mapping"]):
-            labels = _labels(offsets, spans[i])
+        prompt_ids = tokenizer([layouts[i][0] for i in index], add_special_tokens=special)["input_ids"]
+        full = tokenizer([layouts[i][1] for i in index], add_special_tokens=special, return_offsets_mapping=True)
+        flat = chain.from_iterable(chain.from_iterable(full["offset_mapping"]))  # one array, not one per row
+        offsets = np.fromiter(flat, dtype=np.int64).reshape(-1, 2)
+        ends = np.cumsum([len(ids) for ids in full["input_ids"]]).tolist()
+        for i, p, f, end in zip(index, prompt_ids, full["input_ids"], ends):
+            spans = layouts[i][2]
+            labels = _labels(offsets[end - len(f) : end], spans)
             n = _common_prefix_length(p, f)
             result.prompt_lengths[i], result.completion_lengths[i] = n, len(f) - n
-            result.template_prompt_lengths[i] = int((labels[:n] == len(spans[i])).sum())
+            result.template_prompt_lengths[i] = int((labels[:n] == len(spans)).sum())
             if not special:
-                counts = np.bincount(labels, minlength=len(spans[i]) + 1)
-                for (_, _, role), tokens in zip([*spans[i], (0, 0, "template")], counts.tolist()):
+                counts = np.bincount(labels, minlength=len(spans) + 1).tolist()
+                for (_, _, role), tokens in zip([*spans, (0, 0, "template")], counts):
                     result.role_tokens[role] += tokens
     return result
 

@@ -195,6 +195,10 @@ def test_real_file_ratio_is_the_studys(capsys, tmp_path, tiny_model_dir, tokeniz
     assert whole["trained_generation_ratio"] < 0.8 * whole["generation_ratio"]  # the Alpaca prompt's template
     assert whole["advice"][0].startswith(regime) and "AlpacaDataShort 0.08" in whole["advice"][0]
     assert any(p.startswith("TEMPLATE:") for p in whole["advice"]) and "arxiv.org/abs/2401.13586" in whole["citation"]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Know your data") : readme.index("## See the effect")]
+    figures = (whole["generation_ratio"], whole["trained_generation_ratio"])
+    assert all(f"{figure:.2f}" in section for figure in figures) and f"{100 * whole['template_prompt_share']:.0f}%" in section
 
     head = records[:300]
     subset = tmp_path / name
