@@ -86,13 +86,17 @@ def advice(
             "The study's R_g is the ratio of means."
         )
     if template_prompt_share >= TEMPLATE_ADVICE_FROM:
+        template_tokens = template_prompt_share * prompt_tokens
+        weight = 0.1
+        on_template = weight * template_tokens / (weight * prompt_tokens + completion_tokens)
         paragraphs.append(
             f"TEMPLATE: {100 * template_prompt_share:.0f}% of the trained prompt ({template_tokens_per_row:.1f} tokens "
             "per row) is template and special tokens, not your data. R_g above leaves it out, as the study does; the "
             "trainer does not. At PLW > 0 the template is trained like the rest of the prompt: the model learns to "
-            "repeat the same scaffolding in every row, which it soon predicts almost perfectly, and the template's "
-            "tokens count in the loss's denominator, so each weight puts less weight on your prompts' own text than "
-            "the prompt share of the loss below suggests. A shorter template trains more of your data per weight."
+            "repeat the same scaffolding in every row, which it soon predicts with little loss, while its tokens still "
+            f"count in the loss's denominator. At PLW {weight:g}, {100 * on_template:.1f}% of the loss's weight falls on "
+            f"template tokens and {100 * (share[weight] - on_template):.1f}% on your prompts' own text. With a shorter "
+            "template more of each weight falls on your text (try it with --template)."
         )
     paragraphs += [
         f"Share of the loss on prompt tokens (template included) by weight: {share_line}.",

@@ -137,6 +137,10 @@ def test_hand_made_data_gives_the_exact_ratio_in_every_format(capsys, tmp_path, 
     assert got["trained_completion_tokens"] == 8 + 3  # the eos
     assert got["trained_generation_ratio"] == round(11 / (11 + template), 3)
     assert got["template_prompt_share"] == round(template / (11 + template), 3)
+    on_template, on_content = (0.1 * n / (0.1 * (11 + template) + 11) for n in (template, 11))
+    assert f"At PLW 0.1, {100 * on_template:.1f}% of the loss's weight falls on template tokens and {100 * on_content:.1f}%" in (
+        next(p for p in got["advice"] if p.startswith("TEMPLATE:"))
+    )
     assert results["text"]["template_tokens"] == 0 and results["text"]["trained_prompt_tokens"] == 11
     # chat: <s> <|user|> before the prompt, <|assistant|> after it; the eos is trained with the completion
     assert results["chat"]["template_tokens"] == 9 and results["chat"]["trained_completion_tokens"] == 11
