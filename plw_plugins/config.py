@@ -12,6 +12,9 @@ from .validation import validate_prompt_loss_weight
 DEFAULT_PROMPT_LOSS_WEIGHT = 0.1
 """The middle of the range (0.01 to 0.5) that Huerta-Enochian & Ko (2024) found best."""
 
+LARGEST_WEIGHT_STEPS = 1000
+"""``largest_weight`` asks the policy at this many intervals of training progress."""
+
 HELP = {
     "prompt_loss_weight": (
         "Weight of prompt tokens in the loss, in [0, 1]: 0 trains on completions only, 1 on every token. "
@@ -64,3 +67,8 @@ class PromptLossWeightConfig:
             raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
         weight = self._policy.weight_at(min(max(float(progress), 0.0), 1.0))
         return validate_prompt_loss_weight(weight, name=f"the weight of policy {self.prompt_loss_weight_policy!r}")
+
+    def largest_weight(self) -> float:
+        """The largest weight of training: the policy's weight at 1001 evenly spaced points of progress,
+        which include both ends, where the built-in policies are largest."""
+        return max(self.weight_at(step / LARGEST_WEIGHT_STEPS) for step in range(LARGEST_WEIGHT_STEPS + 1))

@@ -10,7 +10,7 @@ scaffolding, image placeholders) count as prompt unless the caller passes a true
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -112,3 +112,12 @@ def build_loss_masks_from_batch(batch: Mapping[str, Tensor], *, ignore_index: in
         raise ValueError(f"the batch has no {' or '.join(missing)}; it has {', '.join(sorted(batch))}")
     masks = {key: batch[key] for key in BATCH_MASK_KEYS if batch.get(key) is not None}
     return build_loss_masks(batch["input_ids"], batch["labels"], ignore_index=ignore_index, **masks)
+
+
+def row_has_weighted_prompt(
+    labels: Sequence[int], prompt_loss_weight: float, *, ignore_index: int = IGNORE_INDEX
+) -> bool:
+    """Whether one unpadded row, as a dataset holds it before collation, has a prompt target of weight
+    above 0: a masked label after the first token (the first token is never a target) at a prompt
+    loss weight above 0. Data preparation that drops rows without a trained label must keep these."""
+    return prompt_loss_weight > 0 and any(label == ignore_index for label in labels[1:])

@@ -23,11 +23,10 @@ from plw_plugins import (
     build_loss_masks_from_batch,
     prompt_weighted_loss,
     prompt_weighted_loss_from_hidden,
-    sum_across_ranks,
 )
 from plw_plugins.config import HELP
 from plw_plugins.metrics import LossMetrics
-from plw_plugins.normalization import data_parallel_world_size
+from plw_plugins.normalization import AccumulationWindow, scale_gradients
 
 from .mixin import USAGE, PromptLossWeightMixin
 
@@ -45,9 +44,21 @@ class PromptLossWeightHooks:
     ``train/prompt_loss``, ``train/completion_loss``, ``val/...`` and ``test/...``: mean NLLs over an
     epoch's prompt and completion tokens, weighted by tokens, plus ``train/prompt_loss_weight``.
 
-    ``W`` is per micro-batch under ``accumulate_grad_batches``: Lightning divides each micro-batch's
-    loss by the accumulation factor it reads at that step, so an optimiser step's gradient is the mean
-    of its micro-batches' gradients, each normalised by that micro-batch's ``W`` summed over ranks.
+    ``W`` is the weight sum of the whole optimiser step: every micro-batch of an
+    ``accumulate_grad_batches`` window (the shorter last window of an epoch too) on every rank. Each
+    micro-batch's loss is divided by a fixed quantity, and in ``on_before_optimizer_step`` (after AMP's
+    unscaling, before gradient clipping) this callback rescales the accumulated gradients to the
+    window's ``W``, undoing Lightning's division by the accumulation factor and DDP's averaging. So
+    callbacks listed before this one see the gradients before that rescaling, and a term added to
+    the returned loss is rescaled with them (by about 1: the first micro-batch's ``W`` times the
+    accumulation factor over the window's ``W``). The value a ``training_step`` returns reads as
+    the micro-batch's per-token mean on its rank.
+
+    Manual optimisation (``automatic_optimization = False``) is exact under the same rescaling, at
+    each ``step()`` of the optimizer from ``self.optimizers()``, over every ``prompt_weighted_loss``
+    backpropagated since the previous step, if the module has one optimizer, backpropagates the
+    helper's loss as it is (not divided by its own accumulation count), and zeroes the gradients
+    after each step.
     """
 
     computes_prompt_weighted_loss = True  # how PromptLossWeightMixin finds this callback among the Trainer's
@@ -64,6 +75,7 @@ class PromptLossWeightHooks:
         self._weight = self.config.weight_at(0.0)
         self._helper_called = False
         self._metrics = {stage: LossMetrics() for stage in METRIC_STAGES}
+        self._window = AccumulationWindow()
 
     # The Args section comes from the core's help text, the one source of every adapter's key help;
     # LightningCLI reads it for --help.
@@ -92,9 +104,8 @@ class PromptLossWeightHooks:
         normalizer = None
         if stage == "train":
             self._helper_called = True
-            # DDP averages gradients over ranks, so dividing by W / ranks gives sum_i w_i * nll_i / W overall.
-            # Every rank reaches this line at every training step, so the collective cannot hang.
-            normalizer = sum_across_ranks(masks.weight_sum(weight)) / data_parallel_world_size()
+            # Every rank reaches this line at every training step, so the window's collectives cannot hang.
+            normalizer = self._window.normalizer(masks.weight_sum(weight), _loss_division(trainer))
         if lm_head is None:
             result = prompt_weighted_loss(_logits_of(output), masks, weight, normalizer=normalizer)
         else:
@@ -104,7 +115,7 @@ class PromptLossWeightHooks:
             )
         if stage in self._metrics:
             self._metrics[stage].add(result)
-        return result.loss
+        return self._window.reading(result) if stage == "train" else result.loss
 
     def _log_epoch(self, pl_module: Any, stage: str) -> None:
         # Every rank runs the same epochs, so every rank joins the rank sum inside pop().
@@ -116,6 +127,13 @@ class PromptLossWeightHooks:
             raise TypeError(f"the PromptLossWeight callback needs {type(pl_module).__name__} to compute its loss: {USAGE}")
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._window.reset()
+        if not pl_module.automatic_optimization and len(trainer.optimizers) > 1:
+            raise ValueError(
+                f"{type(pl_module).__name__} uses manual optimisation with {len(trainer.optimizers)} optimizers; the "
+                "PromptLossWeight callback rescales the gradients of one optimizer at each of its steps to the W of "
+                "every prompt_weighted_loss since the previous step, so it supports one optimizer there"
+            )
         if self.config.prompt_loss_weight_policy != "constant" and trainer.estimated_stepping_batches == float("inf"):
             raise ValueError(
                 f"prompt_loss_weight_policy={self.config.prompt_loss_weight_policy!r} needs a finite training length "
@@ -132,6 +150,11 @@ class PromptLossWeightHooks:
                 f"{type(pl_module).__name__}.training_step returned a loss that prompt_weighted_loss did not compute, "
                 f"so the PromptLossWeight callback would train at the wrong prompt loss weight: {USAGE}"
             )
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        factor = self._window.gradient_factor()
+        if factor is not None:
+            scale_gradients((p for group in optimizer.param_groups for p in group["params"]), factor)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # A tensor filled on the device: logging a Python float would copy it there and synchronise.
@@ -201,6 +224,20 @@ def bind_callback(callback_base: type, module: str) -> type:
         (PromptLossWeightHooks, callback_base),
         {"__module__": module, "__qualname__": "PromptLossWeight", "__doc__": PromptLossWeightHooks.__doc__},
     )
+
+
+def _loss_division(trainer: Any) -> int:
+    """What Lightning divides the loss a ``training_step`` returns by: the accumulation factor in
+    automatic optimisation, nothing in manual optimisation."""
+    if not trainer.lightning_module.automatic_optimization:
+        return 1
+    if trainer.strategy.handles_gradient_accumulation and trainer.accumulate_grad_batches > 1:
+        raise ValueError(
+            f"accumulate_grad_batches={trainer.accumulate_grad_batches} with {type(trainer.strategy).__name__}, which "
+            "accumulates gradients itself: the PromptLossWeight callback cannot rescale them to the window's W; "
+            "set accumulate_grad_batches=1 or use a strategy that leaves accumulation to Lightning (ddp, fsdp)"
+        )
+    return trainer.accumulate_grad_batches
 
 
 def _stage(trainer: Any) -> str:

@@ -47,9 +47,11 @@ class PromptLossWeightMixin:
                 score prompt tokens, so ``prompt_loss`` is not logged.
 
         Returns:
-            The loss to return from the step. In training it is divided by the weight sum ``W`` of the
-            micro-batch summed over data-parallel ranks (and scaled for DDP's gradient averaging); in
-            validation and test by the batch's own ``W``.
+            The loss to return from the step, read as the batch's per-token mean (``sum_i w_i * nll_i /
+            W`` of this batch on this rank). In training its gradient is scaled so that, once the
+            callback has rescaled the accumulated gradients before the optimiser step, the step
+            follows ``W`` of the whole step: every micro-batch of the accumulation window on every
+            data-parallel rank.
         """
         return _callback_of(self).compute_loss(self.trainer, output, batch, lm_head)
 

@@ -14,13 +14,17 @@ scores them. Neither materialises the full logits.
 
 from __future__ import annotations
 
+import copy
 from itertools import islice
 from typing import Any
 
+from datasets import Dataset
 from trl import SFTTrainer
 from trl.trainer import utils as trl_utils
 
+from plw_plugins import IGNORE_INDEX
 from plw_plugins.integrations.transformers import PLWForwardOutput, PromptLossWeightTrainerMixin
+from plw_plugins.masks import row_has_weighted_prompt
 
 from .config import PLWSFTConfig
 
@@ -70,6 +74,24 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
             f"of the prepared training set every token is already trained at weight 1 (no label is -100). {how}"
         )
 
+    def _prepare_dataset(
+        self, dataset: Any, processing_class: Any, args: Any, packing: bool, formatting_func: Any, dataset_name: str
+    ) -> Any:
+        """TRL's preparation, with its truncation done here: after truncating to ``max_length`` TRL drops
+        every row without a trained label, such as a prompt that fills ``max_length`` with
+        ``truncation_mode="keep_start"``, but at a prompt loss weight above 0 (at any point of a
+        schedule) that row's prompt tokens still carry weight, so it is kept (as TRL's
+        ``completion_only_loss=False`` keeps it). Packing chunks rows without dropping any: left to TRL."""
+        if args.max_length is None or packing:
+            return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        untruncated = copy.copy(args)
+        untruncated.max_length, untruncated.shuffle_dataset = None, False
+        dataset = super()._prepare_dataset(dataset, processing_class, untruncated, packing, formatting_func, dataset_name)
+        dataset = _truncate_keeping_weighted_rows(dataset, args, dataset_name)
+        if args.shuffle_dataset:  # after truncation and filtering, as TRL shuffles
+            dataset = dataset.shuffle(seed=args.seed)
+        return dataset
+
     def plw_model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         # TRL 1.9's `prediction_step` adds this key for its own `compute_loss`.
         return {k: v for k, v in super().plw_model_inputs(batch).items() if k != "_prediction_loss_only"}
@@ -90,6 +112,42 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
                 tokens = gather(inputs["input_ids"].new_tensor([inputs["input_ids"].numel()])).sum().item()
             self._total_train_tokens += tokens // getattr(self, "_tp_size", 1)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+
+def _truncate_keeping_weighted_rows(dataset: Any, args: Any, dataset_name: str) -> Any:
+    """Truncate prepared rows to ``args.max_length`` as TRL does, then drop the rows without a token of
+    weight above 0 (at PLW 0 exactly the rows TRL drops); raise where that leaves none."""
+    if args.truncation_mode == "keep_start":
+        kept = slice(None, args.max_length)
+    elif args.truncation_mode == "keep_end":
+        kept = slice(-args.max_length, None)
+    else:
+        raise ValueError(f"truncation_mode={args.truncation_mode!r} is not supported: use 'keep_start' or 'keep_end'")
+    largest_weight = args.prompt_loss_weight_config().largest_weight()
+
+    def holds_weight(example: dict[str, Any]) -> bool:
+        labels = example["labels"]
+        return any(label != IGNORE_INDEX for label in labels) or row_has_weighted_prompt(labels, largest_weight)
+
+    map_kwargs: dict[str, Any] = {}
+    if isinstance(dataset, Dataset):  # an IterableDataset takes neither
+        map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Truncating {dataset_name} dataset"}
+    rows_before = len(dataset) if isinstance(dataset, Dataset) else None
+    dataset = dataset.map(
+        lambda example: {"input_ids": example["input_ids"][kept], "labels": example["labels"][kept]}, **map_kwargs
+    )
+    if isinstance(dataset, Dataset):
+        map_kwargs["desc"] = f"Dropping {dataset_name} rows without a weighted token"
+    dataset = dataset.filter(holds_weight, **map_kwargs)
+    if rows_before and len(dataset) == 0:
+        why = "and the prompt loss weight is 0 throughout training" if largest_weight == 0 else "leaving one-token rows"
+        raise ValueError(
+            f"no row of the {dataset_name} dataset holds a token of weight above 0 after truncation to "
+            f"max_length={args.max_length} (truncation_mode={args.truncation_mode!r}): truncation cut away every "
+            f"completion, {why}, so all {rows_before} rows were dropped. Raise max_length, use "
+            "truncation_mode='keep_end', or set prompt_loss_weight above 0"
+        )
+    return dataset
 
 
 def _check_arguments(args: Any, compute_loss_func: Any) -> None:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from plw_plugins import IGNORE_INDEX, build_loss_masks, build_loss_masks_from_batch
+from plw_plugins.masks import row_has_weighted_prompt
 
 X = IGNORE_INDEX
 
@@ -75,3 +76,12 @@ def test_shape_mismatch_names_the_argument(name):
 def test_one_dimensional_ids_are_rejected_with_their_shape():
     with pytest.raises(ValueError, match=r"input_ids must have shape \[batch, tokens\], got shape \(5,\)"):
         build_loss_masks(torch.ones(5, dtype=torch.long), torch.ones(5, dtype=torch.long))
+
+
+def test_a_row_has_a_weighted_prompt_target_only_after_its_first_token_and_above_weight_0():
+    prompt_only = [IGNORE_INDEX] * 4
+    assert row_has_weighted_prompt(prompt_only, 0.1)
+    assert not row_has_weighted_prompt(prompt_only, 0.0)
+    assert not row_has_weighted_prompt([IGNORE_INDEX], 1.0)  # a single token is never a target
+    assert not row_has_weighted_prompt([IGNORE_INDEX, 5, 6], 1.0)  # its only masked token is the first
+    assert row_has_weighted_prompt([7, IGNORE_INDEX, 6], 0.5)

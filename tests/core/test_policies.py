@@ -83,3 +83,15 @@ def test_a_third_party_policy_registered_through_an_entry_point_is_used(installe
 def test_a_policy_that_returns_an_out_of_range_weight_is_caught(installed_plugin):
     with pytest.raises(ValueError, match=r"the weight of policy 'broken' must be a number in \[0, 1\], got 2.0"):
         PromptLossWeightConfig(0.1, "broken").weight_at(0.3)
+
+
+def test_largest_weight_over_training():
+    assert PromptLossWeightConfig(0.3).largest_weight() == 0.3
+    assert PromptLossWeightConfig(0.0, "cosine", 0.4).largest_weight() == pytest.approx(0.4)
+    assert PromptLossWeightConfig(0.7, "linear", 0.0).largest_weight() == pytest.approx(0.7)
+    assert PromptLossWeightConfig(0.0).largest_weight() == 0.0
+
+
+def test_largest_weight_of_a_third_party_policy_is_found_inside_training(installed_plugin):
+    assert PromptLossWeightConfig(0.0, "step", 0.6).largest_weight() == 0.6  # from progress 0.5 on
+    assert PromptLossWeightConfig(0.5, "step", 0.0).largest_weight() == 0.5

@@ -52,10 +52,35 @@ def make_batch(tokenizer: Any, rows: list[int], *, length: Optional[int] = None)
 RANK_ROWS = [[0, 1, 3], [4]]
 
 
+# Two micro-batches per rank for the accumulation test: four different weight sums.
+RANK_MICRO_BATCH_ROWS = [[[0, 1], [3]], [[4], [2, 1, 0]]]
+
+
 def rank_batches(tokenizer: Any) -> list[dict[str, torch.Tensor]]:
     """One batch per rank of RANK_ROWS, all padded to one length so that they concatenate."""
-    length = max(len(encode(tokenizer, PROMPTS[r], COMPLETIONS[r])[0]) for rows in RANK_ROWS for r in rows)
-    return [make_batch(tokenizer, rows, length=length) for rows in RANK_ROWS]
+    return padded_batches(tokenizer, RANK_ROWS)
+
+
+def rank_micro_batches(tokenizer: Any) -> list[list[dict[str, torch.Tensor]]]:
+    """The micro-batches of each rank of RANK_MICRO_BATCH_ROWS, all padded to one length."""
+    flat = padded_batches(tokenizer, [rows for rank in RANK_MICRO_BATCH_ROWS for rows in rank])
+    per_rank = len(RANK_MICRO_BATCH_ROWS[0])
+    return [flat[i : i + per_rank] for i in range(0, len(flat), per_rank)]
+
+
+def padded_batches(tokenizer: Any, groups: list[list[int]]) -> list[dict[str, torch.Tensor]]:
+    """One batch per group of PROMPTS rows, all padded to one length so that they concatenate."""
+    length = max(len(encode(tokenizer, PROMPTS[r], COMPLETIONS[r])[0]) for rows in groups for r in rows)
+    return [make_batch(tokenizer, rows, length=length) for rows in groups]
+
+
+def concatenated(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The batches of ``padded_batches`` as one batch."""
+    return {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+
+
+def parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
 
 
 def load_tokenizer(model_dir: str | Path) -> Any:

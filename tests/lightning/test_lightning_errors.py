@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from plw_lightning_testlib import TinyLM, TinyLMWithoutMixin, load_tokenizer, loader, make_batch, trainer
+from plw_lightning_testlib import TinyLM, TinyLMWithoutMixin, load_tokenizer, loader, make_batch, parameters, trainer
 
 from plw_plugins.integrations.lightning import PromptLossWeight
 
@@ -15,10 +15,6 @@ from plw_plugins.integrations.lightning import PromptLossWeight
 @pytest.fixture(scope="module")
 def batches(tiny_model_dir):
     return loader([make_batch(load_tokenizer(tiny_model_dir), [0, 4])])
-
-
-def parameters(module):
-    return {name: p.detach().clone() for name, p in module.named_parameters()}
 
 
 def test_callback_with_a_module_that_never_calls_the_helper_fails_before_the_first_step(tiny_model_dir, batches):
