@@ -86,3 +86,15 @@ def test_importing_the_core_imports_no_lightning():
     code = "import sys, plw_plugins; print('lightning' in sys.modules, 'pytorch_lightning' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"
+
+
+def test_every_core_key_is_an_argument_checked_on_its_raw_value():
+    """A key added to the core later is a callback argument with the same check, or this fails."""
+    import inspect
+
+    from plw_plugins.config import CONFIG_KEYS
+
+    assert tuple(inspect.signature(PromptLossWeight.__init__).parameters)[1:] == CONFIG_KEYS
+    for key in CONFIG_KEYS:
+        with pytest.raises(ValueError, match=f"^{key} must be .*got True \\(bool\\)"):
+            PromptLossWeight(**{key: True})

@@ -102,3 +102,13 @@ def test_the_sft_parser_checks_yaml_values_as_written(tmp_path, key, value, mess
     config.write_text(yaml.safe_dump(settings))
     _, args, _ = make_parser().parse_args_and_config(args=["--config", str(config), "--prompt_loss_weight", "0.3"])
     assert args.prompt_loss_weight == 0.3
+
+
+def test_every_core_key_is_a_field_checked_on_its_raw_value(tmp_path):
+    """A key added to the core later is a ``PLWSFTConfig`` field with the same check, or this fails."""
+    from plw_plugins.config import CONFIG_KEYS
+
+    assert set(CONFIG_KEYS) <= set(PLWSFTConfig.__dataclass_fields__)
+    for key in CONFIG_KEYS:
+        with pytest.raises(ValueError, match=f"^{key} must be .*got True \\(bool\\)"):
+            make(tmp_path, **{key: True})
