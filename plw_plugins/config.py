@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .plugins import weight_policies
-from .validation import validate_prompt_loss_weight
+from .validation import validate_policy_name, validate_prompt_loss_weight
 
 DEFAULT_PROMPT_LOSS_WEIGHT = 0.1
 """The middle of the range (0.01 to 0.5) that Huerta-Enochian & Ko (2024) found best."""
@@ -36,10 +37,8 @@ class PromptLossWeightConfig:
     _policy: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prompt_loss_weight", validate_prompt_loss_weight(self.prompt_loss_weight))
-        if self.prompt_loss_weight_final is not None:
-            final = validate_prompt_loss_weight(self.prompt_loss_weight_final, name="prompt_loss_weight_final")
-            object.__setattr__(self, "prompt_loss_weight_final", final)
+        for key in CONFIG_KEYS:
+            object.__setattr__(self, key, validate_config_value(key, getattr(self, key)))
         policies = weight_policies()
         name = self.prompt_loss_weight_policy
         if name not in policies:
@@ -72,3 +71,28 @@ class PromptLossWeightConfig:
         """The largest weight of training: the policy's weight at 1001 evenly spaced points of progress,
         which include both ends, where the built-in policies are largest."""
         return max(self.weight_at(step / LARGEST_WEIGHT_STEPS) for step in range(LARGEST_WEIGHT_STEPS + 1))
+
+
+CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PromptLossWeightConfig) if f.init)
+"""The user-facing keys, in the order every adapter declares them."""
+
+
+def _optional_weight(value: object, *, name: str) -> float | None:
+    return None if value is None else validate_prompt_loss_weight(value, name=name)
+
+
+KEY_CHECKS: dict[str, Callable[..., Any]] = {
+    "prompt_loss_weight": validate_prompt_loss_weight,
+    "prompt_loss_weight_policy": validate_policy_name,
+    "prompt_loss_weight_final": _optional_weight,
+}
+"""The type and range check of each key on its own, before any conversion: what an adapter runs on
+the raw value a user wrote (so that a YAML ``true`` or ``"0.1"`` fails as it does in Python)."""
+
+
+def validate_config_value(key: str, value: object) -> Any:
+    """``value`` of the configuration key ``key``, checked on its own; raises a ``ValueError`` that
+    names the key and the value. Cross-key checks (policy against final weight) are the config's."""
+    if key not in KEY_CHECKS:
+        raise KeyError(f"{key!r} is not a prompt loss weight key; the keys are {', '.join(CONFIG_KEYS)}")
+    return KEY_CHECKS[key](value, name=key)

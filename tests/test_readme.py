@@ -89,41 +89,55 @@ def test_policy_snippet_registers_a_policy_that_the_config_uses():
         manager.unregister(module)
 
 
+def sample_row() -> dict:
+    match = re.search(r"<!-- sample: train.jsonl -->\s*```json\n(.*?)```", README, re.S)
+    assert match, "README has no sample row of train.jsonl"
+    (line,) = match.group(1).strip().splitlines()
+    return json.loads(line)
+
+
+def test_the_sample_row_is_a_row_of_the_built_in_data():
+    row = sample_row()
+    assert set(row) == {"prompt", "completion"}
+    assert row in [{"prompt": r["prompt"], "completion": r["completion"]} for r in instruction_rows(16)]
+
+
 @pytest.mark.slow
 def test_trl_snippet(tiny_model_dir, tmp_path, monkeypatch):
+    """As written (TRL's defaults: 3 epochs, bf16 where a GPU has it), on 32 built-in rows in the
+    README's sample format; only the hub model name becomes the local tiny model."""
     monkeypatch.chdir(tmp_path)
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in instruction_rows(32)]
+    assert sample_row() in rows
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    code = snippet("trl", {
-        '"Qwen/Qwen2.5-0.5B"': repr(str(tiny_model_dir)),
-        'output_dir="out"': 'output_dir="out", max_steps=2, logging_steps=1, report_to="none", bf16=False',
-    })
     namespace: dict = {}
-    exec(code, namespace)
-    logged = [entry for entry in namespace["trainer"].state.log_history if "prompt_loss" in entry]
-    assert len(logged) == 2
-    assert all(math.isfinite(e["prompt_loss"]) and math.isfinite(e["completion_loss"]) for e in logged)
+    exec(snippet("trl", {'"Qwen/Qwen2.5-0.5B"': repr(str(tiny_model_dir))}), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert trainer.state.global_step == 12  # 32 rows, batches of 8, 3 epochs
+    logged = [entry for entry in trainer.state.log_history if "prompt_loss" in entry]
+    assert logged and all(math.isfinite(e["prompt_loss"]) and math.isfinite(e["completion_loss"]) for e in logged)
     assert logged[0]["prompt_loss_weight"] == 0.1
 
 
 @pytest.mark.slow
-def test_lightning_snippet(tiny_model_dir, tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM
-
+def test_lightning_snippet(tmp_path, monkeypatch):
+    """As written: the built-in tiny model and loader, 50 steps."""
     monkeypatch.chdir(tmp_path)
-    batch = _tiny_batch(tiny_model_dir)
-    namespace = {
-        "model": AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-        "train_loader": torch.utils.data.DataLoader([batch, batch], batch_size=None),
-    }
-    code = snippet("lightning", {
-        "max_steps=1000": "max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False",
-    })
-    exec(code, namespace)
+    namespace: dict = {}
+    exec(snippet("lightning"), namespace)
     trainer = namespace["trainer"]
-    assert trainer.global_step == 2
+    assert trainer.global_step == 50
     assert math.isfinite(float(trainer.callback_metrics["train/completion_loss"]))
     assert float(trainer.callback_metrics["train/prompt_loss"]) > 0
+    assert float(trainer.callback_metrics["train/prompt_loss_weight"]) == pytest.approx(0.1)
+
+
+def test_the_license_is_the_mit_license_pyproject_names():
+    assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text()
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 the plw-plugins authors\n")
+    assert "THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND" in text
 
 
 def test_plw_plugins_help_lists_every_command_the_readme_uses():

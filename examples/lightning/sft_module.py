@@ -14,9 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from plw_plugins.cli.builtin_data import PROMPT_TEMPLATE, instruction_rows
+from plw_plugins.cli.builtin_data import PROMPT_TEMPLATE, instruction_rows, pad_examples, tokenize_prompt_completion
 from plw_plugins.integrations.lightning import PromptLossWeightMixin
-from plw_plugins.masks import IGNORE_INDEX
 
 
 class CausalLMModule(PromptLossWeightMixin, L.LightningModule):
@@ -93,27 +92,12 @@ class InstructionDataModule(L.LightningDataModule):
             for row in alpaca
         ]
 
-    def _example(self, row: dict[str, str]) -> dict[str, list[int]]:
-        tokenizer = self.tokenizer
-        prompt = [tokenizer.bos_token_id, *tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]]
-        completion = [*tokenizer(row["completion"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-        input_ids = (prompt + completion)[: self.max_length]
-        labels = ([IGNORE_INDEX] * len(prompt) + completion)[: self.max_length]
-        return {"input_ids": input_ids, "labels": labels}
-
     def setup(self, stage: str) -> None:
-        examples = [self._example(row) for row in self._rows()]
+        examples = [tokenize_prompt_completion(row, self.tokenizer, self.max_length) for row in self._rows()]
         self.train_set, self.val_set = examples[: self.train_rows], examples[self.train_rows :]
 
     def _collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        length = max(len(example["input_ids"]) for example in examples)
-        batch = {"input_ids": [], "labels": [], "attention_mask": []}
-        for example in examples:
-            padding = length - len(example["input_ids"])
-            batch["input_ids"].append(example["input_ids"] + [self.tokenizer.pad_token_id] * padding)
-            batch["labels"].append(example["labels"] + [IGNORE_INDEX] * padding)
-            batch["attention_mask"].append([1] * len(example["input_ids"]) + [0] * padding)
-        return {key: torch.tensor(value) for key, value in batch.items()}
+        return pad_examples(examples, self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=self._collate)

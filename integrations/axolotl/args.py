@@ -1,9 +1,10 @@
 """The YAML keys the plugin adds to Axolotl's configuration, and their checks.
 
 Axolotl silently drops keys that no plugin declares, so the keys are declared here, as a pydantic
-model that Axolotl mixes into its own configuration model (``get_input_args``). Its range checks
-and the cross-key checks below therefore stop the run at config validation, naming the key.
-This module needs pydantic only, not Axolotl.
+model that Axolotl mixes into its own configuration model (``get_input_args``). Its checks
+therefore stop the run at config validation, naming the key: the core's check of each key on the
+raw YAML value, the core's cross-key checks, and the Axolotl settings whose objective cannot be
+combined with a prompt loss weight (``host_settings``). This module needs pydantic only, not Axolotl.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from plw_plugins.config import DEFAULT_PROMPT_LOSS_WEIGHT, HELP, PromptLossWeightConfig
+from plw_plugins.config import CONFIG_KEYS, DEFAULT_PROMPT_LOSS_WEIGHT, HELP, PromptLossWeightConfig, validate_config_value
 
-CONFIG_KEYS = ("prompt_loss_weight", "prompt_loss_weight_policy", "prompt_loss_weight_final")
+from .host_settings import check_loss_settings
 
 
 class PromptLossWeightArgs(BaseModel):
-    """``prompt_loss_weight`` and the policy keys, as Axolotl config keys."""
+    """``prompt_loss_weight`` and the policy keys, as Axolotl config keys.
+
+    Every key is checked by the core on the value the YAML holds, before pydantic converts it (which
+    would turn ``true`` into 1.0 and ``"0.1"`` into 0.1): the same check, and the same message, as
+    ``PLWSFTConfig`` and the Lightning callback give.
+    """
 
     prompt_loss_weight: float = Field(
         default=DEFAULT_PROMPT_LOSS_WEIGHT, ge=0.0, le=1.0,
@@ -32,22 +38,18 @@ class PromptLossWeightArgs(BaseModel):
         default=None, ge=0.0, le=1.0, json_schema_extra={"description": HELP["prompt_loss_weight_final"]}
     )
 
+    @field_validator(*CONFIG_KEYS, mode="before")
+    @classmethod
+    def check_raw_value(cls, value: Any, info: ValidationInfo) -> Any:
+        """The core's check of one key, on the value as written."""
+        return validate_config_value(info.field_name, value)
+
     @model_validator(mode="before")
     @classmethod
-    def check_prompt_is_masked(cls, data: Any) -> Any:
-        """The plugin weighs the tokens Axolotl masks; with ``train_on_inputs: true`` none are masked."""
-        if isinstance(data, dict) and data.get("train_on_inputs"):
-            raise ValueError(
-                "train_on_inputs: true cannot be combined with the prompt loss weight plugin: it trains every "
-                "prompt token at full weight, leaving no prompt for prompt_loss_weight to weigh. Remove "
-                "train_on_inputs (the plugin needs Axolotl's prompt masking) and set prompt_loss_weight: 1.0 "
-                "to train on every token"
-            )
-        if isinstance(data, dict) and (data.get("rl") or data.get("reward_model") or data.get("process_reward_model")):
-            raise ValueError(
-                "the prompt loss weight plugin applies to supervised fine-tuning only; remove it from plugins "
-                "for rl, reward_model or process_reward_model runs"
-            )
+    def refuse_loss_changing_settings(cls, data: Any) -> Any:
+        """Axolotl settings that change the objective cannot be combined with the plugin (``host_settings``)."""
+        if isinstance(data, dict):
+            check_loss_settings(data)
         return data
 
     @model_validator(mode="after")

@@ -14,10 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
+from axolotl.utils.logging import get_logger
 
-from .args import CONFIG_KEYS
+from plw_plugins.config import CONFIG_KEYS
+
+from .host_settings import memory_only_warnings
 
 ARGS_MODULE = "plw_plugins.integrations.axolotl.args"
+LOG = get_logger(__name__)
 
 
 class PromptLossWeightPlugin(BasePlugin):
@@ -40,6 +44,25 @@ class PromptLossWeightPlugin(BasePlugin):
         from .trainer import PromptLossWeightAxolotlTrainer
 
         return PromptLossWeightAxolotlTrainer
+
+    def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
+        """Stop a run in which the weighted loss would not be what trains, and say once which of
+        Axolotl's fused-loss settings do not apply beside it (``host_settings.MEMORY_ONLY``)."""
+        from .trainer import PromptLossWeightAxolotlTrainer
+
+        if not isinstance(trainer, PromptLossWeightAxolotlTrainer):
+            raise ValueError(
+                f"another plugin supplied the trainer ({type(trainer).__name__}), so the prompt loss weight would not "
+                "be applied; the prompt loss weight plugin needs its own trainer: remove one of the two plugins"
+            )
+        if getattr(getattr(trainer.model, "config", None), "output_router_logits", False):
+            raise ValueError(
+                "output_router_logits: the MoE load-balancing loss is not supported with the prompt loss weight "
+                "plugin (its trainer computes the loss from the hidden states and would drop it); set "
+                "output_router_logits: false in the model config overrides"
+            )
+        for warning in memory_only_warnings(cfg):
+            LOG.warning(warning)
 
     def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict] | None:
         """Axolotl's own choice of collator, with the per-sample ``prompt_mask`` added.

@@ -10,13 +10,11 @@ import transformers
 from torch import Tensor, nn
 
 from plw_plugins import LossMasks, PromptLossWeightConfig, build_loss_masks_from_batch, sum_across_ranks
+from plw_plugins.config import CONFIG_KEYS
 from plw_plugins.metrics import LossMetrics
 from plw_plugins.normalization import data_parallel_world_size
 
 from .lm_head import PLWForwardOutput, PLWRequest, install_plw_forward
-
-CONFIG_KEYS = ("prompt_loss_weight", "prompt_loss_weight_policy", "prompt_loss_weight_final")
-"""The keys of ``PromptLossWeightConfig`` that the trainer's ``args`` carry."""
 
 BATCH_ONLY_KEYS = ("labels", "prompt_mask")
 """Batch keys that feed the loss masks but are not model inputs."""

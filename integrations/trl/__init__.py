@@ -7,7 +7,7 @@
 ``plw-plugins sft`` is ``trl sft`` with this trainer (see ``cli.py``).
 """
 
-from .config import PLWSFTConfig
+from .config import PLWSFTConfig, PLWTrlParser
 from .trainer import PLWSFTTrainer
 
-__all__ = ["PLWSFTConfig", "PLWSFTTrainer"]
+__all__ = ["PLWSFTConfig", "PLWSFTTrainer", "PLWTrlParser"]

@@ -1,13 +1,15 @@
-"""``PLWSFTConfig``: TRL's ``SFTConfig`` with the prompt loss weight keys."""
+"""``PLWSFTConfig``: TRL's ``SFTConfig`` with the prompt loss weight keys; ``PLWTrlParser``: TRL's
+parser, checking those keys in a YAML config as written."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from trl import SFTConfig
+from trl import SFTConfig, TrlParser
 
 from plw_plugins import DEFAULT_PROMPT_LOSS_WEIGHT, PromptLossWeightConfig
-from plw_plugins.config import HELP
+from plw_plugins.config import CONFIG_KEYS, HELP, validate_config_value
 
 
 @dataclass
@@ -30,3 +32,15 @@ class PLWSFTConfig(SFTConfig):
             prompt_loss_weight_policy=self.prompt_loss_weight_policy,
             prompt_loss_weight_final=self.prompt_loss_weight_final,
         )
+
+
+class PLWTrlParser(TrlParser):
+    """``TrlParser`` that checks the prompt loss weight keys of a ``--config`` YAML on the values as
+    written: TRL makes them argparse defaults, and argparse converts a string default as it converts
+    a flag, so ``prompt_loss_weight: "0.1"`` would pass as 0.1 (flags themselves are text and convert)."""
+
+    def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+        for key in CONFIG_KEYS:
+            if key in kwargs:
+                validate_config_value(key, kwargs[key])
+        return super().set_defaults_with_config(**kwargs)

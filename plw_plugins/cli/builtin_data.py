@@ -8,6 +8,9 @@ where the prompt loss weight matters most) and half long ones (lists and spelled
 from __future__ import annotations
 
 import random
+from typing import Any
+
+from plw_plugins.masks import IGNORE_INDEX
 
 PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
@@ -89,3 +92,42 @@ def instruction_messages(count: int = 512, *, seed: int = 0) -> list[dict[str, l
 def alpaca_rows(count: int = 512, *, seed: int = 0) -> list[dict[str, str]]:
     """The same tasks in the Alpaca format (``instruction``, ``input``, ``output``)."""
     return [{"instruction": instruction, "input": "", "output": answer} for _, instruction, answer in _generate(count, seed)]
+
+
+def tokenize_prompt_completion(row: dict[str, str], tokenizer: Any, max_length: int | None = None) -> dict[str, list[int]]:
+    """``bos prompt completion eos`` as token ids, with labels ``-100`` on ``bos`` and the prompt
+    (cut to ``max_length`` tokens): the completion-only labels every framework builds."""
+    prompt = [tokenizer.bos_token_id, *tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]]
+    completion = [*tokenizer(row["completion"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    return {
+        "input_ids": (prompt + completion)[:max_length],
+        "labels": ([IGNORE_INDEX] * len(prompt) + completion)[:max_length],
+    }
+
+
+def pad_examples(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, Any]:
+    """A right-padded batch of tokenized examples: ``input_ids``, ``labels`` (``-100`` on padding)
+    and ``attention_mask``, as tensors."""
+    import torch
+
+    length = max(len(example["input_ids"]) for example in examples)
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "attention_mask": []}
+    for example in examples:
+        padding = length - len(example["input_ids"])
+        batch["input_ids"].append(example["input_ids"] + [pad_token_id] * padding)
+        batch["labels"].append(example["labels"] + [IGNORE_INDEX] * padding)
+        batch["attention_mask"].append([1] * len(example["input_ids"]) + [0] * padding)
+    return {key: torch.tensor(value) for key, value in batch.items()}
+
+
+def instruction_loader(tokenizer: Any, count: int = 256, *, batch_size: int = 8, seed: int = 0) -> Any:
+    """A shuffled ``torch`` ``DataLoader`` of ``count`` built-in rows, tokenized with ``tokenizer`` and
+    padded per batch (see ``pad_examples``): what a training loop of your own, or Lightning, consumes."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    examples = [tokenize_prompt_completion(row, tokenizer) for row in instruction_rows(count, seed=seed)]
+    return DataLoader(
+        examples, batch_size=batch_size, shuffle=True, collate_fn=partial(pad_examples, pad_token_id=tokenizer.pad_token_id)
+    )

@@ -42,11 +42,11 @@ def _as_prompt_completion(dataset: Any) -> Any:
 
 
 def make_parser():
-    from trl import ModelConfig, ScriptArguments, TrlParser
+    from trl import ModelConfig, ScriptArguments
 
-    from plw_plugins.integrations.trl import PLWSFTConfig
+    from plw_plugins.integrations.trl import PLWSFTConfig, PLWTrlParser
 
-    return TrlParser((ScriptArguments, PLWSFTConfig, ModelConfig), prog="plw-plugins sft")
+    return PLWTrlParser((ScriptArguments, PLWSFTConfig, ModelConfig), prog="plw-plugins sft")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 PLUGIN = "plw_plugins.integrations.axolotl.PromptLossWeightPlugin"
+LIGER = "axolotl.integrations.liger.LigerPlugin"
 AXOLOTL = Path(sys.executable).with_name("axolotl")
 RUN_TIMEOUT_S = 600
 
@@ -53,6 +54,9 @@ def plugin(prompt_loss_weight: float, **keys: Any) -> dict[str, Any]:
     return {"plugins": [PLUGIN], "prompt_loss_weight": prompt_loss_weight, **keys}
 
 
+ACCUMULATED = {"micro_batch_size": 2, "gradient_accumulation_steps": 2}
+"""The four rows of one optimiser step as two micro-batches of two."""
+
 # Name -> (model fixture, dataset fixture, config overrides). The alpaca runs read 4 real
 # Toolformer rows, so that one optimiser step sees the whole dataset whatever the batch layout:
 # runs that differ only in layout must then log the same first-step loss and gradient norm.
@@ -63,8 +67,11 @@ RUNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "plw_1": ("pad_is_eos", "alpaca", plugin(1.0)),
     "plw_1_packed": ("pad_is_eos", "alpaca", {**plugin(1.0), "sample_packing": True, "micro_batch_size": 1}),
     "plw_0.3": ("pad_is_eos", "alpaca", plugin(0.3)),
-    "plw_0.3_accumulated": (
-        "pad_is_eos", "alpaca", {**plugin(0.3), "micro_batch_size": 2, "gradient_accumulation_steps": 2},
+    "plw_0.3_accumulated": ("pad_is_eos", "alpaca", {**plugin(0.3), **ACCUMULATED}),
+    "plw_0_accumulated": ("pad_is_eos", "alpaca", {**plugin(0.0), **ACCUMULATED}),
+    "stock_masked_accumulated": ("pad_is_eos", "alpaca", {"train_on_inputs": False, **ACCUMULATED}),
+    "plw_0.3_liger_fused_loss": (
+        "pad_is_eos", "alpaca", {**plugin(0.3), "plugins": [PLUGIN, LIGER], "liger_fused_linear_cross_entropy": True},
     ),
     "chat_packed_eval": (
         "own_pad", "chat",

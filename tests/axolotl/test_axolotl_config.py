@@ -3,19 +3,24 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from axolotl_harness import ALPACA, PLUGIN, plugin, write_config
+import pytest
+import yaml
+
+from axolotl_harness import ALPACA, LIGER, PLUGIN, plugin, write_config
 
 pytestmark = pytest.mark.axolotl
 
 
 @pytest.fixture
 def load(tmp_path, tiny_model_dir, alpaca_jsonl):
+    """Axolotl's own loading of a YAML file (block YAML, as users write it: NaN is ``.nan``)."""
     from axolotl.cli.config import load_cfg
 
     def load(**overrides):
         path = write_config(tmp_path, tiny_model_dir, {**ALPACA, "path": str(alpaca_jsonl)}, overrides)
+        path.write_text(yaml.safe_dump(json.loads(path.read_text())))
         return load_cfg(str(path))
 
     return load
@@ -44,22 +49,46 @@ def test_the_training_arguments_carry_the_keys(load):
     }
 
 
+WEIGHT = "must be a number in \\[0, 1\\], got"
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("prompt_loss_weight", 1.5, "less than or equal to 1"),
-        ("prompt_loss_weight", -0.1, "greater than or equal to 0"),
-        ("prompt_loss_weight", "abc", "valid number"),
-        ("prompt_loss_weight", float("nan"), "prompt_loss_weight"),
-        ("prompt_loss_weight_final", 2, "less than or equal to 1"),
-        ("prompt_loss_weight_policy", "nope", "not a registered policy"),
+        ("prompt_loss_weight", 1.5, f" {WEIGHT} 1.5"),
+        ("prompt_loss_weight", -0.1, f" {WEIGHT} -0.1"),
+        ("prompt_loss_weight", True, f" {WEIGHT} True \\(bool\\)"),
+        ("prompt_loss_weight", False, f" {WEIGHT} False \\(bool\\)"),
+        ("prompt_loss_weight", "0.1", f" {WEIGHT} '0.1' \\(str\\)"),
+        ("prompt_loss_weight", "abc", f" {WEIGHT} 'abc' \\(str\\)"),
+        ("prompt_loss_weight", float("nan"), f" {WEIGHT} nan: not a number"),
+        ("prompt_loss_weight", None, f" {WEIGHT} None"),
+        ("prompt_loss_weight_final", 2, f" {WEIGHT} 2"),
+        ("prompt_loss_weight_final", True, f" {WEIGHT} True \\(bool\\)"),
+        ("prompt_loss_weight_final", "0", f" {WEIGHT} '0' \\(str\\)"),
+        ("prompt_loss_weight_final", float("nan"), f" {WEIGHT} nan: not a number"),
+        ("prompt_loss_weight_policy", "nope", "='nope' is not a registered policy"),
+        ("prompt_loss_weight_policy", True, " must be the name of a policy, got True \\(bool\\)"),
+        ("prompt_loss_weight_policy", 1, " must be the name of a policy, got 1 \\(int\\)"),
     ],
 )
 def test_bad_values_name_the_key(load, key, value, message):
+    """The YAML value as written, checked by the core as in TRL and Lightning: pydantic would turn
+    ``true`` into 1.0 and ``"0.1"`` into 0.1."""
     overrides = plugin(0.1, prompt_loss_weight_policy="linear", prompt_loss_weight_final=0.0)
-    with pytest.raises(ValueError, match=message) as error:
+    with pytest.raises(ValueError, match=key + message):
         load(**{**overrides, key: value})
-    assert key in str(error.value)
+
+
+def test_every_core_key_is_declared_and_checked_on_its_raw_value():
+    """A key added to the core later is a YAML key with the same raw check, or this fails."""
+    from plw_plugins.config import CONFIG_KEYS
+    from plw_plugins.integrations.axolotl.args import PromptLossWeightArgs
+
+    assert tuple(PromptLossWeightArgs.model_fields) == CONFIG_KEYS
+    for key in CONFIG_KEYS:
+        with pytest.raises(ValueError, match=f"{key} must be"):
+            PromptLossWeightArgs(**{key: True})
 
 
 def test_schedule_keys_must_fit_the_policy(load):
@@ -105,3 +134,58 @@ def test_examples_pass_axolotls_validation(name):
     assert validated.plugins == [PLUGIN]
     assert validated.prompt_loss_weight == 0.1
     assert not validated.train_on_inputs
+
+
+@pytest.mark.parametrize(
+    ("settings", "named", "reason"),
+    [
+        ({"use_eaft": True}, "use_eaft", "Entropy-Aware Focal Training"),
+        ({"use_eaft": True, "eaft_alpha": 0.5, "eaft_k": 10}, "use_eaft", "not defined"),
+        ({"plugins": [PLUGIN, LIGER], "liger_use_token_scaling": True}, "liger_use_token_scaling", "predicted probability"),
+        ({"plugins": [PLUGIN, "axolotl.integrations.kd.KDPlugin"], "kd_trainer": True}, "kd_trainer", "teacher"),
+        ({"trainer_cls": "axolotl.core.trainers.base.AxolotlTrainer"}, "trainer_cls", "plugin supplies the trainer"),
+        ({"plugins": [PLUGIN, "axolotl.integrations.diffusion.DiffusionPlugin"]}, "DiffusionPlugin", "masked-diffusion"),
+        ({"rl": "dpo"}, "rl", "supervised fine-tuning only"),
+        ({"reward_model": True}, "reward_model", "pairwise"),
+        ({"process_reward_model": True}, "process_reward_model", "token classifier"),
+    ],
+)
+def test_settings_that_change_the_objective_are_refused_naming_them(load, settings, named, reason):
+    """Each would otherwise be dropped without a word: the plugin's trainer computes the loss."""
+    with pytest.raises(ValueError, match="cannot be combined with the prompt loss weight plugin") as error:
+        load(**{**plugin(0.1), **settings})
+    assert named in str(error.value) and reason in str(error.value)
+
+
+def test_settings_that_change_nothing_when_off_are_accepted(load):
+    cfg = load(**plugin(0.1), use_eaft=False, chunked_cross_entropy=False)
+    assert cfg.prompt_loss_weight == 0.1
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"plugins": [PLUGIN, LIGER], "liger_fused_linear_cross_entropy": True}, "liger_fused_linear_cross_entropy"),
+        ({"plugins": [PLUGIN, LIGER], "liger_cross_entropy": True}, "liger_cross_entropy"),
+        ({"chunked_cross_entropy": True}, "chunked_cross_entropy"),
+        ({"flash_attn_cross_entropy": True}, "flash_attn_cross_entropy"),
+    ],
+)
+def test_fused_loss_settings_load_with_a_warning_naming_them(load, settings, named):
+    """Memory and speed only: the objective is the plugin's; the warning is what start-up logs."""
+    from plw_plugins.integrations.axolotl.host_settings import memory_only_warnings
+
+    cfg = load(**{**plugin(0.1), **settings})
+    (warning,) = memory_only_warnings(cfg)
+    assert warning.startswith(f"{named}: ") and "objective is unchanged" in warning
+    assert memory_only_warnings(load(**plugin(0.1))) == []
+
+
+def test_cut_cross_entropy_is_on_by_default_once_its_plugin_is_listed():
+    """Its key defaults to true in its plugin's schema (the plugin itself needs the cut_cross_entropy package)."""
+    from plw_plugins.integrations.axolotl.host_settings import CUT_CROSS_ENTROPY, memory_only_warnings
+
+    (warning,) = memory_only_warnings({"plugins": [PLUGIN, CUT_CROSS_ENTROPY]})
+    assert warning.startswith("cut_cross_entropy: Cut Cross-Entropy's fused loss")
+    assert memory_only_warnings({"plugins": [PLUGIN, CUT_CROSS_ENTROPY], "cut_cross_entropy": False}) == []
+    assert memory_only_warnings({"plugins": [PLUGIN], "cut_cross_entropy": True}) == []

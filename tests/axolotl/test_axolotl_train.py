@@ -53,6 +53,17 @@ def test_gradient_accumulation_does_not_change_the_step(axolotl_runs):
     assert_same_step(axolotl_runs.get("plw_0.3_accumulated"), axolotl_runs.get("plw_0.3"))
 
 
+def test_weight_0_under_accumulation_is_the_step_not_stock_axolotls_mean_of_means(axolotl_runs):
+    """By design, and as the README says: under gradient accumulation stock Axolotl averages the
+    micro-batches' mean losses, while the plugin divides the step's sum by the step's W, so PLW 0
+    over two micro-batches is stock Axolotl's single-batch step, not its accumulated one."""
+    accumulated, single = axolotl_runs.get("plw_0_accumulated"), axolotl_runs.get("stock_masked")
+    assert_same_step(accumulated, single)
+    stock = axolotl_runs.get("stock_masked_accumulated").step(1)
+    assert stock["grad_norm"] != pytest.approx(single.step(1)["grad_norm"], rel=1e-4)
+    assert stock["loss"] != pytest.approx(single.step(1)["loss"], rel=1e-5)
+
+
 def test_packing_with_pad_equal_to_eos_trains_no_padding(axolotl_runs):
     """One packed row of all four samples padded with eos to the sequence length, without
     attention mask: the same step as the padded batch only if padding and each sample's first
@@ -61,6 +72,14 @@ def test_packing_with_pad_equal_to_eos_trains_no_padding(axolotl_runs):
     real_tokens = axolotl_runs.get("stock_all_tokens").step(1)["tokens/trainable"]
     assert packed.step(1)["tokens/total"] > real_tokens  # the packed row did hold padding
     assert_same_step(packed, padded)
+
+
+def test_a_fused_loss_plugin_is_named_once_at_start_up_and_changes_nothing(axolotl_runs):
+    """Liger's fused linear cross-entropy beside the plugin: a warning naming it, once, and the
+    plugin's own loss and gradients (the same step as without Liger)."""
+    run = axolotl_runs.get("plw_0.3_liger_fused_loss")
+    assert run.output.count("liger_fused_linear_cross_entropy: Liger's fused linear cross-entropy does not apply") == 1
+    assert_same_step(run, axolotl_runs.get("plw_0.3"))
 
 
 def test_chat_template_packed_with_evaluation(axolotl_runs):
@@ -80,5 +99,5 @@ def test_chat_template_packed_with_evaluation(axolotl_runs):
 def test_invalid_weight_stops_the_run(axolotl_runs):
     run = axolotl_runs.get("invalid_weight")
     assert run.returncode != 0
-    assert "prompt_loss_weight" in run.output and "less than or equal to 1" in run.output
+    assert "prompt_loss_weight must be a number in [0, 1], got 1.5" in run.output
     assert not run.log_history

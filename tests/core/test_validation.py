@@ -68,3 +68,16 @@ def test_bad_chunk_sizes_are_named(chunk_size):
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         prompt_weighted_loss_from_hidden(torch.randn(1, 4, 3), torch.randn(10, 3), _masks(), 0.1,
                                          chunk_size=chunk_size)
+
+
+def test_every_config_key_has_a_check_of_its_raw_value():
+    """What every adapter runs on the value a user wrote; a key added to the config without a check
+    makes every ``PromptLossWeightConfig`` fail."""
+    from plw_plugins.config import CONFIG_KEYS, KEY_CHECKS, validate_config_value
+
+    assert set(KEY_CHECKS) == set(CONFIG_KEYS)
+    for key in CONFIG_KEYS:
+        with pytest.raises(ValueError, match=f"^{key} must be .*got True \\(bool\\)"):
+            validate_config_value(key, True)
+    with pytest.raises(KeyError, match="'prompt_loss' is not a prompt loss weight key"):
+        validate_config_value("prompt_loss", 0.1)

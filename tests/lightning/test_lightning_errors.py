@@ -57,8 +57,16 @@ def test_schedule_without_a_finite_length_fails_before_training(tiny_model_dir, 
     [
         ({"prompt_loss_weight": 1.5}, "prompt_loss_weight must be a number in \\[0, 1\\], got 1.5"),
         ({"prompt_loss_weight": -0.1}, "prompt_loss_weight must be a number in \\[0, 1\\], got -0.1"),
-        ({"prompt_loss_weight": float("nan")}, "prompt_loss_weight must be a number in \\[0, 1\\], got nan"),
+        ({"prompt_loss_weight": float("nan")}, "prompt_loss_weight must be a number in \\[0, 1\\], got nan: not a number"),
         ({"prompt_loss_weight": "0.1"}, "prompt_loss_weight must be a number in \\[0, 1\\], got '0.1'"),
+        ({"prompt_loss_weight": True}, "prompt_loss_weight must be a number in \\[0, 1\\], got True \\(bool\\)"),
+        ({"prompt_loss_weight_policy": True}, "prompt_loss_weight_policy must be the name of a policy, got True"),
+        ({"prompt_loss_weight_policy": "linear", "prompt_loss_weight_final": True},
+         "prompt_loss_weight_final must be a number in \\[0, 1\\], got True \\(bool\\)"),
+        ({"prompt_loss_weight_policy": "linear", "prompt_loss_weight_final": "0.1"},
+         "prompt_loss_weight_final must be a number in \\[0, 1\\], got '0.1'"),
+        ({"prompt_loss_weight_policy": "linear", "prompt_loss_weight_final": float("nan")},
+         "prompt_loss_weight_final must be a number in \\[0, 1\\], got nan: not a number"),
         ({"prompt_loss_weight_policy": "step"}, "prompt_loss_weight_policy='step' is not a registered policy"),
         ({"prompt_loss_weight_policy": "linear"}, "prompt_loss_weight_policy='linear' needs prompt_loss_weight_final"),
         ({"prompt_loss_weight_final": 0.5}, "prompt_loss_weight_final=0.5 has no effect"),
@@ -74,3 +82,15 @@ def test_importing_the_core_imports_no_lightning():
     code = "import sys, plw_plugins; print('lightning' in sys.modules, 'pytorch_lightning' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"
+
+
+def test_every_core_key_is_an_argument_checked_on_its_raw_value():
+    """A key added to the core later is a callback argument with the same check, or this fails."""
+    import inspect
+
+    from plw_plugins.config import CONFIG_KEYS
+
+    assert tuple(inspect.signature(PromptLossWeight.__init__).parameters)[1:] == CONFIG_KEYS
+    for key in CONFIG_KEYS:
+        with pytest.raises(ValueError, match=f"^{key} must be .*got True \\(bool\\)"):
+            PromptLossWeight(**{key: True})

@@ -38,3 +38,27 @@ def test_sft_without_dataset_fails(tiny_model_dir, tmp_path, capsys):
             "sft", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false",
         ])
     assert "dataset_name is required" in capsys.readouterr().err
+
+
+def test_the_example_config_runs_from_any_clone_on_the_packages_own_data(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """``plw-plugins sft --config examples/trl/sft.yaml`` from the repository root, as the README runs it:
+    its data is a file of the repository, written from the built-in data (the model path is the one
+    the README makes with ``plw-plugins tiny-model``; here the test's tiny model)."""
+    from pathlib import Path
+
+    from plw_plugins.cli.builtin_data import alpaca_rows
+
+    root = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((root / "examples" / "trl" / "sft.yaml").read_text())
+    data = root / config["dataset_name"]
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    assert rows == alpaca_rows(len(rows))
+    monkeypatch.chdir(root)
+    status = plw_plugins([
+        "sft", "--config", "examples/trl/sft.yaml", "--prompt_loss_weight", "0.05", "--max_steps", "2",
+        "--logging_steps", "1", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out"),
+    ])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "'prompt_loss'" in printed and "'prompt_loss_weight': '0.05'" in printed
+    assert (tmp_path / "out" / "config.json").exists()
