@@ -159,17 +159,29 @@ class PromptLossWeightTrainerMixin:
         # transformers < 5.19 divides unless the model took `num_items_in_batch` or a `compute_loss_func` ran.
         return (not self.model_accepts_loss_kwargs or num_items_in_batch is None) and self.compute_loss_func is None
 
-    # ---- logging ------------------------------------------------------------------------------
+    # ---- metrics ------------------------------------------------------------------------------
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:
+        """The loop behind ``evaluate`` and ``predict``: adds ``{metric_key_prefix}_prompt_loss`` and
+        ``{metric_key_prefix}_completion_loss`` over this call's tokens alone to its metrics, under the
+        prefix the trainer gives the call (``eval``, ``eval_<name>`` for a dict of eval sets, ``test``
+        for ``predict``), so that ``evaluate`` logs and returns them and ``metric_for_best_model`` finds them."""
+        self._plw_metrics["eval"].reset()
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only=prediction_loss_only, ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
+        for key, value in self._plw_metrics["eval"].pop(device=self.args.device).items():
+            output.metrics[f"{metric_key_prefix}_{key}"] = value
+        return output
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Add ``prompt_loss`` / ``completion_loss`` (``eval_`` prefixed in evaluation) and, in
-        training, the ``prompt_loss_weight`` of the last step to the trainer's own metrics."""
-        mode = "train" if self.model.training else "eval"
-        metrics = self._plw_metrics[mode].pop(device=self.args.device)
-        if mode == "train":
+        """In training, add ``prompt_loss`` / ``completion_loss`` since the last log and the
+        ``prompt_loss_weight`` of the last step to the trainer's own metrics (evaluation adds its
+        own in ``evaluation_loop``)."""
+        if self.model.training:
+            logs.update(self._plw_metrics["train"].pop(device=self.args.device))
             last = self._plw_last_train_weight
-            metrics["prompt_loss_weight"] = self.current_prompt_loss_weight() if last is None else last
-        else:
-            metrics = {f"eval_{key}": value for key, value in metrics.items()}
-        logs.update(metrics)
+            logs["prompt_loss_weight"] = self.current_prompt_loss_weight() if last is None else last
         super().log(logs, *args, **kwargs)
