@@ -21,6 +21,9 @@ CONFIG_KEYS = ("prompt_loss_weight", "prompt_loss_weight_policy", "prompt_loss_w
 BATCH_ONLY_KEYS = ("labels", "prompt_mask")
 """Batch keys that feed the loss masks but are not model inputs."""
 
+PAST_KEY_VALUE_PEFT_TYPES = ("PREFIX_TUNING", "CARTRIDGE")
+"""PEFT methods that feed their virtual tokens to the model as past key values."""
+
 
 def prompt_loss_weight_config_from(args: Any) -> PromptLossWeightConfig:
     """The validated ``PromptLossWeightConfig`` of a training-arguments object carrying its keys."""
@@ -31,6 +34,23 @@ def prompt_loss_weight_config_from(args: Any) -> PromptLossWeightConfig:
             "weight keys (PLWSFTConfig for TRL, the Axolotl plugin's arguments for Axolotl)"
         )
     return PromptLossWeightConfig(**{key: getattr(args, key) for key in CONFIG_KEYS})
+
+
+def check_peft_method(model: Any) -> None:
+    """Raise for a PEFT method the prompt-weighted loss cannot train: prefix tuning hands its virtual
+    tokens to the model as past key values, which a forward without a cache (TRL's, and the loss's)
+    drops; stock ``SFTTrainer`` fails on it too. Prompt tuning and P-tuning, which prepend them to
+    the input embeddings, are supported."""
+    while isinstance(getattr(model, "module", None), nn.Module):  # DDP / accelerate wrappers
+        model = model.module
+    peft_type = getattr(getattr(model, "active_peft_config", None), "peft_type", None)
+    if peft_type in PAST_KEY_VALUE_PEFT_TYPES:
+        raise ValueError(
+            f"peft_config: {getattr(peft_type, 'value', peft_type)} is not supported with the prompt loss weight: "
+            "it passes its virtual tokens as past key values, which training without a cache drops (stock "
+            "SFTTrainer cannot train it either); use prompt tuning (PromptTuningConfig), P-tuning "
+            "(PromptEncoderConfig), LoRA or another adapter"
+        )
 
 
 def training_progress(global_step: int, max_steps: int) -> float:
@@ -54,6 +74,7 @@ class PromptLossWeightTrainerMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.plw_config = self.build_prompt_loss_weight_config()
+        check_peft_method(self.model)
         install_plw_forward(self.model)
         self._plw_metrics = {"train": LossMetrics(), "eval": LossMetrics()}
         self._plw_last_train_weight: float | None = None
