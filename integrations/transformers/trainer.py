@@ -129,7 +129,10 @@ class PromptLossWeightTrainerMixin:
         own weight sum when None), scaled as transformers scales its own loss."""
         output = self.plw_forward(model, inputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        self._plw_metrics[mode].add(output.as_plw_loss())
+        if mode == "train":
+            self._plw_metrics[mode].add(output.as_plw_loss())
+        else:
+            self._add_evaluation_metrics(model, inputs, output)
         self.plw_record_metrics(output, inputs, mode)
 
         loss = output.loss
@@ -154,6 +157,25 @@ class PromptLossWeightTrainerMixin:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         finally:
             self._plw_logits_wanted = True
+
+    def _add_evaluation_metrics(self, model: nn.Module, inputs: Mapping[str, Any], output: PLWForwardOutput) -> None:
+        """Accumulate an evaluation batch's metrics over the rows the host's own loss keeps.
+
+        In distributed evaluation accelerate fills the last batch of an uneven dataset with repeated
+        samples, which ``gather_for_metrics`` drops from the trainer's loss: the first ``remainder``
+        rows of the last batch gathered in rank order are real. Only then is a rank's batch partly
+        repeated, and its real rows are scored again, alone (one extra forward per evaluation)."""
+        state = self.accelerator.gradient_state
+        rows = inputs["input_ids"].shape[0]
+        kept = rows
+        if self.accelerator.num_processes > 1 and state.end_of_dataloader and state.remainder > 0:
+            kept = min(max(state.remainder - self.accelerator.process_index * rows, 0), rows)
+        if kept == rows:
+            self._plw_metrics["eval"].add(output.as_plw_loss())
+        elif kept > 0:
+            real = {key: value[:kept] if isinstance(value, Tensor) and value.shape[:1] == (rows,) else value
+                    for key, value in inputs.items()}
+            self._plw_metrics["eval"].add(self.plw_forward(model, real, None).as_plw_loss())
 
     def plw_forward(self, model: nn.Module, inputs: Mapping[str, Any], normalizer: Tensor | int | None) -> PLWForwardOutput:
         """One forward through ``model`` (and all its wrappers) returning the core's loss and metrics."""

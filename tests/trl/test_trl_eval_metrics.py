@@ -4,9 +4,13 @@ and ``metric_for_best_model``; against the real ``PLWSFTTrainer`` and transforme
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from test_trl_ddp import free_port, run_worker
 from trl_harness import training_args
 
 from plw_plugins.cli.builtin_data import instruction_rows
@@ -83,3 +87,19 @@ def test_metric_for_best_model(eval_dataset, metric, tiny_model_dir, tmp_path, s
     assert len(values) == 3 and len(set(values)) == 3
     assert trainer.state.best_metric == min(values)
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{values.index(min(values)) + 1}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 2])
+def test_two_process_evaluation_equals_one_process(batch, tiny_model_dir, tmp_path):
+    """5 rows over 2 ranks: accelerate repeats samples to even out the last batch and drops them from
+    ``eval_loss``; the prompt and completion losses must not count them either."""
+    worker = Path(__file__).with_name("trl_ddp_eval_worker.py")
+    single = run_worker([sys.executable], tiny_model_dir, tmp_path / "single.pt", batch, worker=worker)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    ddp = run_worker(torchrun, tiny_model_dir, tmp_path / "ddp.pt", batch, worker=worker)
+    assert (single["world_size"], ddp["world_size"]) == (1, 2)
+    for key in ("eval_a_prompt_loss", "eval_a_completion_loss"):
+        assert ddp["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-6), key
+    if batch == 1:  # the host's own loss, a mean of batch means, is comparable only with one row per batch
+        assert ddp["metrics"]["eval_a_loss"] == pytest.approx(single["metrics"]["eval_a_loss"], rel=1e-6)
