@@ -42,7 +42,9 @@ class PromptLossWeightHooks:
     ``trainer.global_step / trainer.estimated_stepping_batches``), sums ``W`` over the data-parallel
     ranks on every training step, saves the schedule's progress in checkpoints, and logs
     ``train/prompt_loss``, ``train/completion_loss``, ``val/...`` and ``test/...``: mean NLLs over an
-    epoch's prompt and completion tokens, weighted by tokens, plus ``train/prompt_loss_weight``.
+    epoch's prompt and completion tokens, weighted by tokens, plus ``train/prompt_loss_weight``. With
+    several validation or test dataloaders each gets its own pair, under Lightning's suffix
+    (``val/prompt_loss/dataloader_idx_1``).
 
     ``W`` is the weight sum of the whole optimiser step: every micro-batch of an
     ``accumulate_grad_batches`` window (the shorter last window of an epoch too) on every rank. Each
@@ -74,7 +76,9 @@ class PromptLossWeightHooks:
         self.progress = 0.0
         self._weight = self.config.weight_at(0.0)
         self._helper_called = False
-        self._metrics = {stage: LossMetrics() for stage in METRIC_STAGES}
+        # One accumulator per stage and dataloader: (stage, None) with one dataloader, (stage, index) with several.
+        self._metrics: dict[tuple[str, Optional[int]], LossMetrics] = {}
+        self._dataloader_idx: Optional[int] = None
         self._window = AccumulationWindow()
 
     # The Args section comes from the core's help text, the one source of every adapter's key help;
@@ -113,14 +117,30 @@ class PromptLossWeightHooks:
             result = prompt_weighted_loss_from_hidden(
                 _hidden_states_of(output), lm_head_weight, masks, weight, lm_head_bias=lm_head_bias, normalizer=normalizer
             )
-        if stage in self._metrics:
-            self._metrics[stage].add(result)
+        if stage in METRIC_STAGES:
+            dataloader_idx = None if stage == "train" else self._dataloader_idx
+            self._metrics.setdefault((stage, dataloader_idx), LossMetrics()).add(result)
         return self._window.reading(result) if stage == "train" else result.loss
 
+    def _reset_metrics(self, stage: str) -> None:
+        self._metrics = {key: metrics for key, metrics in self._metrics.items() if key[0] != stage}
+        self._dataloader_idx = None
+
     def _log_epoch(self, pl_module: Any, stage: str) -> None:
-        # Every rank runs the same epochs, so every rank joins the rank sum inside pop().
-        for name, value in self._metrics[stage].pop(device=pl_module.device).items():
-            pl_module.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=1)
+        """Log ``{stage}/prompt_loss`` and ``{stage}/completion_loss`` over the epoch's tokens, one pair
+        per dataloader with Lightning's ``/dataloader_idx_{i}`` suffix when the stage has several."""
+        # Every rank runs the same epochs over the same dataloaders, so every rank joins each rank sum
+        # inside pop(), in the same order.
+        indices = sorted(index for key_stage, index in self._metrics if key_stage == stage and index is not None)
+        keys = [(stage, index) for index in indices] or [(stage, None)]
+        for key in keys:
+            metrics = self._metrics.pop(key, None) or LossMetrics()
+            suffix = "" if key[1] is None else f"/dataloader_idx_{key[1]}"
+            for name, value in metrics.pop(device=pl_module.device).items():
+                pl_module.log(
+                    f"{stage}/{name}{suffix}", value, on_step=False, on_epoch=True, batch_size=1,
+                    add_dataloader_idx=False,
+                )
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if not isinstance(pl_module, PromptLossWeightMixin):
@@ -164,19 +184,31 @@ class PromptLossWeightHooks:
         self._follow_schedule(trainer)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._metrics["train"].reset()
+        self._reset_metrics("train")
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._log_epoch(pl_module, "train")
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._metrics["val"].reset()
+        self._reset_metrics("val")
+
+    # Lightning passes `dataloader_idx` to batch hooks only when the stage has several dataloaders,
+    # exactly when it adds the `/dataloader_idx_{i}` suffix to what the step logs.
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: Optional[int] = None
+    ) -> None:
+        self._dataloader_idx = dataloader_idx
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._log_epoch(pl_module, "val")
 
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._metrics["test"].reset()
+        self._reset_metrics("test")
+
+    def on_test_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: Optional[int] = None
+    ) -> None:
+        self._dataloader_idx = dataloader_idx
 
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._log_epoch(pl_module, "test")

@@ -28,9 +28,11 @@ What the mixin does (stable API):
   multiplies by the world size under ``average_tokens_across_devices`` (DDP averages gradients), and
   undoes ``training_step``'s division by the accumulation steps where transformers would do it
   (``loss_is_scaled_for_ga = True`` on transformers >= 5.19, ``model_accepts_loss_kwargs=False`` before).
-- ``log(logs, ...)``: adds the token-weighted ``prompt_loss`` and ``completion_loss`` (mean NLL)
-  accumulated since the last log over micro-batches and ranks (``eval_prompt_loss`` /
-  ``eval_completion_loss`` in evaluation), and ``prompt_loss_weight`` in training.
+- ``log(logs, ...)``: in training, adds the token-weighted ``prompt_loss`` and ``completion_loss``
+  (mean NLL) accumulated since the last log over micro-batches and ranks, and ``prompt_loss_weight``.
+- ``evaluation_loop(...)`` (behind ``evaluate`` and ``predict``): starts from an empty accumulator and
+  adds ``{metric_key_prefix}_prompt_loss`` / ``_completion_loss`` over that call's tokens to its
+  metrics: ``eval_...``, ``eval_<name>_...`` for a dict of eval sets, ``test_...`` from ``predict``.
 - ``current_prompt_loss_weight()``: ``plw_config.weight_at(global_step / max_steps)``.
 
 Overridable hooks:

@@ -142,25 +142,45 @@ def install_plw_forward(model: nn.Module) -> nn.Module:
     return causal_lm
 
 
+def virtual_token_count(masks: LossMasks, args: tuple, kwargs: dict) -> int:
+    """How many tokens a wrapper prepended to the sequence the masks describe before it reached this
+    forward: PEFT prompt tuning and P-tuning put ``num_virtual_tokens`` learned embeddings in front of
+    every row. They are not data, so they hold no target and the masks are aligned past them."""
+    inputs = kwargs.get("inputs_embeds")
+    if inputs is None:
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+    if not isinstance(inputs, Tensor):
+        return 0
+    virtual = inputs.shape[1] - (masks.targets.shape[1] + 1)
+    if virtual < 0:
+        raise ValueError(
+            f"the model received {inputs.shape[1]} positions per row but the batch's labels describe "
+            f"{masks.targets.shape[1] + 1}: the prompt loss weight cannot align its masks with the hidden states"
+        )
+    return virtual
+
+
 def _fused_head_forward(original_forward: Any, request: PLWRequest, args: tuple, kwargs: dict) -> PLWForwardOutput:
     """The framework's fused LM head scores the targets (as labels); the core weights them."""
     masks = request.masks
     scored = masks.weights(request.prompt_loss_weight) > 0
     if request.score_unweighted:
         scored = masks.completion | masks.prompt
-    labels = F.pad(torch.where(scored, masks.targets, -100), (1, 0), value=-100)
+    virtual = virtual_token_count(masks, args, kwargs)
+    labels = F.pad(torch.where(scored, masks.targets, -100), (1 + virtual, 0), value=-100)
     for key in ("labels", "shift_labels", "num_items_in_batch"):
         kwargs.pop(key, None)
     outputs = original_forward(*args, labels=labels, fused_lm_head=True, **kwargs)
     device = outputs.log_probs.device
     masks = LossMasks(masks.targets.to(device), masks.completion.to(device), masks.prompt.to(device))
     result = prompt_weighted_loss_from_token_nll(
-        -outputs.log_probs, masks, request.prompt_loss_weight, normalizer=request.normalizer, scored=scored.to(device)
+        -outputs.log_probs[:, virtual:], masks, request.prompt_loss_weight, normalizer=request.normalizer,
+        scored=scored.to(device),
     )
     entropy_sum = correct_tokens = None
     if request.completion_statistics:
-        entropy_sum = (outputs.entropy.detach().float() * masks.completion).sum()
-        correct_tokens = (outputs.is_top1 & masks.completion).sum().float()
+        entropy_sum = (outputs.entropy[:, virtual:].detach().float() * masks.completion).sum()
+        correct_tokens = (outputs.is_top1[:, virtual:] & masks.completion).sum().float()
     return PLWForwardOutput(
         loss=result.loss, prompt_loss=result.prompt_loss, completion_loss=result.completion_loss,
         prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, weight_sum=result.weight_sum,
@@ -174,8 +194,10 @@ def _prompt_weighted_forward(model: nn.Module, request: PLWRequest, args: tuple,
     for key in ("labels", "shift_labels", "num_items_in_batch", "logits_to_keep", "return_dict"):
         kwargs.pop(key, None)
     kwargs["use_cache"] = False
+    virtual = virtual_token_count(request.masks, args, kwargs)
     outputs = body(*args, **kwargs)
     hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+    hidden = hidden[:, virtual:]
     # With the model split across devices, the body can end on another device than the head.
     hidden = hidden.to(head.weight.device)
     device = head.weight.device

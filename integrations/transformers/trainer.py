@@ -19,6 +19,9 @@ from .lm_head import PLWForwardOutput, PLWRequest, install_plw_forward
 BATCH_ONLY_KEYS = ("labels", "prompt_mask")
 """Batch keys that feed the loss masks but are not model inputs."""
 
+PAST_KEY_VALUE_PEFT_TYPES = ("PREFIX_TUNING", "CARTRIDGE")
+"""PEFT methods that feed their virtual tokens to the model as past key values."""
+
 
 def prompt_loss_weight_config_from(args: Any) -> PromptLossWeightConfig:
     """The validated ``PromptLossWeightConfig`` of a training-arguments object carrying its keys."""
@@ -29,6 +32,23 @@ def prompt_loss_weight_config_from(args: Any) -> PromptLossWeightConfig:
             "weight keys (PLWSFTConfig for TRL, the Axolotl plugin's arguments for Axolotl)"
         )
     return PromptLossWeightConfig(**{key: getattr(args, key) for key in CONFIG_KEYS})
+
+
+def check_peft_method(model: Any) -> None:
+    """Raise for a PEFT method the prompt-weighted loss cannot train: prefix tuning hands its virtual
+    tokens to the model as past key values, which a forward without a cache (TRL's, and the loss's)
+    drops; stock ``SFTTrainer`` fails on it too. Prompt tuning and P-tuning, which prepend them to
+    the input embeddings, are supported."""
+    while isinstance(getattr(model, "module", None), nn.Module):  # DDP / accelerate wrappers
+        model = model.module
+    peft_type = getattr(getattr(model, "active_peft_config", None), "peft_type", None)
+    if peft_type in PAST_KEY_VALUE_PEFT_TYPES:
+        raise ValueError(
+            f"peft_config: {getattr(peft_type, 'value', peft_type)} is not supported with the prompt loss weight: "
+            "it passes its virtual tokens as past key values, which training without a cache drops (stock "
+            "SFTTrainer cannot train it either); use prompt tuning (PromptTuningConfig), P-tuning "
+            "(PromptEncoderConfig), LoRA or another adapter"
+        )
 
 
 def training_progress(global_step: int, max_steps: int) -> float:
@@ -52,6 +72,7 @@ class PromptLossWeightTrainerMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.plw_config = self.build_prompt_loss_weight_config()
+        check_peft_method(self.model)
         install_plw_forward(self.model)
         self._plw_metrics = {"train": LossMetrics(), "eval": LossMetrics()}
         self._plw_last_train_weight: float | None = None
@@ -106,7 +127,10 @@ class PromptLossWeightTrainerMixin:
         own weight sum when None), scaled as transformers scales its own loss."""
         output = self.plw_forward(model, inputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        self._plw_metrics[mode].add(output.as_plw_loss())
+        if mode == "train":
+            self._plw_metrics[mode].add(output.as_plw_loss())
+        else:
+            self._add_evaluation_metrics(model, inputs, output)
         self.plw_record_metrics(output, inputs, mode)
 
         loss = output.loss
@@ -131,6 +155,25 @@ class PromptLossWeightTrainerMixin:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         finally:
             self._plw_logits_wanted = True
+
+    def _add_evaluation_metrics(self, model: nn.Module, inputs: Mapping[str, Any], output: PLWForwardOutput) -> None:
+        """Accumulate an evaluation batch's metrics over the rows the host's own loss keeps.
+
+        In distributed evaluation accelerate fills the last batch of an uneven dataset with repeated
+        samples, which ``gather_for_metrics`` drops from the trainer's loss: the first ``remainder``
+        rows of the last batch gathered in rank order are real. Only then is a rank's batch partly
+        repeated, and its real rows are scored again, alone (one extra forward per evaluation)."""
+        state = self.accelerator.gradient_state
+        rows = inputs["input_ids"].shape[0]
+        kept = rows
+        if self.accelerator.num_processes > 1 and state.end_of_dataloader and state.remainder > 0:
+            kept = min(max(state.remainder - self.accelerator.process_index * rows, 0), rows)
+        if kept == rows:
+            self._plw_metrics["eval"].add(output.as_plw_loss())
+        elif kept > 0:
+            real = {key: value[:kept] if isinstance(value, Tensor) and value.shape[:1] == (rows,) else value
+                    for key, value in inputs.items()}
+            self._plw_metrics["eval"].add(self.plw_forward(model, real, None).as_plw_loss())
 
     def plw_forward(self, model: nn.Module, inputs: Mapping[str, Any], normalizer: Tensor | int | None) -> PLWForwardOutput:
         """One forward through ``model`` (and all its wrappers) returning the core's loss and metrics."""
@@ -157,17 +200,29 @@ class PromptLossWeightTrainerMixin:
         # transformers < 5.19 divides unless the model took `num_items_in_batch` or a `compute_loss_func` ran.
         return (not self.model_accepts_loss_kwargs or num_items_in_batch is None) and self.compute_loss_func is None
 
-    # ---- logging ------------------------------------------------------------------------------
+    # ---- metrics ------------------------------------------------------------------------------
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:
+        """The loop behind ``evaluate`` and ``predict``: adds ``{metric_key_prefix}_prompt_loss`` and
+        ``{metric_key_prefix}_completion_loss`` over this call's tokens alone to its metrics, under the
+        prefix the trainer gives the call (``eval``, ``eval_<name>`` for a dict of eval sets, ``test``
+        for ``predict``), so that ``evaluate`` logs and returns them and ``metric_for_best_model`` finds them."""
+        self._plw_metrics["eval"].reset()
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only=prediction_loss_only, ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
+        for key, value in self._plw_metrics["eval"].pop(device=self.args.device).items():
+            output.metrics[f"{metric_key_prefix}_{key}"] = value
+        return output
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Add ``prompt_loss`` / ``completion_loss`` (``eval_`` prefixed in evaluation) and, in
-        training, the ``prompt_loss_weight`` of the last step to the trainer's own metrics."""
-        mode = "train" if self.model.training else "eval"
-        metrics = self._plw_metrics[mode].pop(device=self.args.device)
-        if mode == "train":
+        """In training, add ``prompt_loss`` / ``completion_loss`` since the last log and the
+        ``prompt_loss_weight`` of the last step to the trainer's own metrics (evaluation adds its
+        own in ``evaluation_loop``)."""
+        if self.model.training:
+            logs.update(self._plw_metrics["train"].pop(device=self.args.device))
             last = self._plw_last_train_weight
-            metrics["prompt_loss_weight"] = self.current_prompt_loss_weight() if last is None else last
-        else:
-            metrics = {f"eval_{key}": value for key, value in metrics.items()}
-        logs.update(metrics)
+            logs["prompt_loss_weight"] = self.current_prompt_loss_weight() if last is None else last
         super().log(logs, *args, **kwargs)

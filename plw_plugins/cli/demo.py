@@ -106,8 +106,8 @@ def curves_from(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
     curves: dict[str, list[tuple[int, float]]] = {name: [] for name in (*keys, "held_out_completion_loss")}
     for entry in log_history:
         step = entry.get("step", 0)
-        if "eval_held_out_loss" in entry and "eval_completion_loss" in entry:
-            curves["held_out_completion_loss"].append((step, entry["eval_completion_loss"]))
+        if "eval_held_out_completion_loss" in entry:
+            curves["held_out_completion_loss"].append((step, entry["eval_held_out_completion_loss"]))
         elif "loss" in entry:
             for name, key in keys.items():
                 if key in entry:
@@ -158,16 +158,16 @@ def train_one(weight: float, args: argparse.Namespace, model_path: str, tokenize
     by_class = {}
     for name in HELD_OUT_CLASSES:
         if name in held_out:
-            trainer.evaluate(eval_dataset=held_out[name], metric_key_prefix=f"eval_{name}")
-            by_class[name] = trainer.state.log_history[-1]["eval_completion_loss"]
+            metrics = trainer.evaluate(eval_dataset=held_out[name], metric_key_prefix=f"eval_{name}")
+            by_class[name] = metrics[f"eval_{name}_completion_loss"]
     curves = curves_from([start, *trainer.state.log_history])
     final_eval = next(e for e in reversed(trainer.state.log_history) if "eval_held_out_loss" in e)
     return WeightResult(
         prompt_loss_weight=weight,
         train_prompt_loss=curves["train_prompt_loss"][-1][1],
         train_completion_loss=curves["train_completion_loss"][-1][1],
-        held_out_prompt_loss=final_eval["eval_prompt_loss"],
-        held_out_completion_loss=final_eval["eval_completion_loss"],
+        held_out_prompt_loss=final_eval["eval_held_out_prompt_loss"],
+        held_out_completion_loss=final_eval["eval_held_out_completion_loss"],
         held_out_completion_loss_by_class=by_class,
         curves=curves,
     )

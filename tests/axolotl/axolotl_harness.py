@@ -120,8 +120,8 @@ def write_config(path: Path, model_dir: Path, dataset: dict[str, Any], overrides
     return config_path
 
 
-def run_axolotl(config_path: Path, *, threads: int = 1) -> AxolotlRun:
-    """``axolotl train CONFIG --launcher python`` in a fresh process, offline."""
+def run_axolotl(config_path: Path, *, threads: int = 1, command: str = "train") -> AxolotlRun:
+    """``axolotl COMMAND CONFIG --launcher python`` (``train`` or ``evaluate``) in a fresh process, offline."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -132,7 +132,7 @@ def run_axolotl(config_path: Path, *, threads: int = 1) -> AxolotlRun:
         "OMP_NUM_THREADS": str(threads),
     }
     process = subprocess.run(
-        [str(AXOLOTL), "train", str(config_path), "--launcher", "python"],
+        [str(AXOLOTL), command, str(config_path), "--launcher", "python"],
         cwd=config_path.parent, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     states = sorted((config_path.parent / "out").glob("checkpoint-*/trainer_state.json"))

@@ -16,9 +16,10 @@ from trl_harness import assert_same_parameters, initial_parameters
 WORKER = Path(__file__).with_name("trl_ddp_worker.py")
 
 
-def run_worker(launcher: list[str], model_dir: Path, output: Path, batch: int, accumulation: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [*launcher, str(WORKER), str(model_dir), str(output), str(batch), str(accumulation)]
+def run_worker(launcher: list[str], model_dir: Path, output: Path, *args: int, worker: Path = WORKER) -> dict:
+    """``worker MODEL_DIR OUTPUT ARGS...`` under ``launcher``; what the worker saved to ``output``."""
+    env = {**os.environ, "PYTHONPATH": str(worker.parent), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [*launcher, str(worker), str(model_dir), str(output), *map(str, args)]
     result = run_process_group(command, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return torch.load(output)
@@ -32,9 +33,9 @@ def free_port() -> str:
 
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process(tiny_model_dir, tmp_path):
-    single = run_worker([sys.executable], tiny_model_dir, tmp_path / "single.pt", batch=4, accumulation=1)
+    single = run_worker([sys.executable], tiny_model_dir, tmp_path / "single.pt", 4, 1)  # batch, accumulation
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
-    ddp = run_worker(torchrun, tiny_model_dir, tmp_path / "ddp.pt", batch=1, accumulation=2)
+    ddp = run_worker(torchrun, tiny_model_dir, tmp_path / "ddp.pt", 1, 2)
     assert (single["world_size"], ddp["world_size"]) == (1, 2)
     assert_same_parameters(single["parameters"], ddp["parameters"], initial_parameters(tiny_model_dir))
     for key in ("loss", "prompt_loss", "completion_loss"):
