@@ -23,13 +23,13 @@ SMALL_PRETRAIN = PretrainSettings(steps=30, batch_size=8, text_rows=256)
 QUICK_ARGS = ["--quick", "--max-steps", "6", "--batch-size", "8", "--held-out-rows", "12"]
 
 
-def table_rows(output: str) -> dict[str, list[float]]:
-    """The demo's table as ``{weight or 'start': [numbers...]}``."""
+def table_rows(output: str) -> dict[str, list[float | None]]:
+    """The demo's table as ``{weight or 'start': [numbers...]}`` (None for a cell shown as -)."""
     rows = {}
     for line in output.splitlines():
         match = re.fullmatch(r"\| (start|[0-9.e-]+) \| (.+) \|", line)
         if match:
-            rows[match.group(1)] = [float(cell) for cell in match.group(2).split(" | ")]
+            rows[match.group(1)] = [None if cell == "-" else float(cell) for cell in match.group(2).split(" | ")]
     return rows
 
 
@@ -142,7 +142,10 @@ def test_demo_on_a_saved_conversational_dataset(capsys, tmp_path, tiny_model_dir
     assert "32 training rows, 8 held out" in printed
     rows = table_rows(printed)
     assert list(rows) == ["start", "0", "0.5"]
-    assert all(math.isfinite(n) for numbers in rows.values() for n in numbers)
+    assert "held-out completion, short (" in printed and "held-out completion, long (" in printed
+    assert rows["start"][6:] == [None, None]
+    assert all(math.isfinite(n) for numbers in rows.values() for n in numbers if n is not None)
+    assert all(None not in rows[w] and len(rows[w]) == 8 for w in ("0", "0.5"))
     check_png(out / "loss_curves.png")
     assert not (tmp_path / "cache").exists()  # the user's model is the start: nothing pre-trained
 
