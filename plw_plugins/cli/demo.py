@@ -44,8 +44,8 @@ class Preset:
 
 FULL = Preset(max_steps=150, held_out_rows=96, general_rows=64, pretrain=PretrainSettings())
 QUICK = Preset(
-    max_steps=40, held_out_rows=48, general_rows=32,
-    pretrain=PretrainSettings(steps=100, batch_size=16, text_rows=2048),
+    max_steps=30, held_out_rows=32, general_rows=24,
+    pretrain=PretrainSettings(steps=60, batch_size=16, text_rows=1024),
 )
 TRAIN_SAMPLE_ROWS = 64
 """Training rows measured at the start, to tell whether the training prompt loss rose above it."""
@@ -67,14 +67,16 @@ def parse_weights(text: str) -> list[float]:
     return weights
 
 
-def builtin_split(count: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Training and held-out rows of the built-in short-completion tasks: the held-out rows come from
-    another seed, less any prompt that is also in the training rows."""
+def builtin_split(count: int, seed: int, rows_needed: int = BUILTIN_TRAIN_ROWS) -> tuple[list[dict], list[dict]]:
+    """Training rows (at most ``BUILTIN_TRAIN_ROWS``, no more than ``rows_needed``) and held-out rows of
+    the built-in short-completion tasks: the held-out rows come from another seed, less any prompt
+    that is also in the training rows."""
     from .builtin_data import short_instruction_rows
 
     if count < 1:
         raise DataError(f"--held-out-rows must be at least 1, got {count}")
-    train = [{"prompt": r["prompt"], "completion": r["completion"]} for r in short_instruction_rows(BUILTIN_TRAIN_ROWS, seed=seed)]
+    size = min(BUILTIN_TRAIN_ROWS, rows_needed)
+    train = [{"prompt": r["prompt"], "completion": r["completion"]} for r in short_instruction_rows(size, seed=seed)]
     seen = {row["prompt"] for row in train}
     candidates = short_instruction_rows(4 * count, seed=seed + 1)
     held_out = [{"prompt": r["prompt"], "completion": r["completion"]} for r in candidates if r["prompt"] not in seen]
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", help="Alpaca prompt template, as in plw-plugins stats --template")
     parser.add_argument("--split", help="the split of a saved DatasetDict (default: train)")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"prompt loss weights to compare (default: {DEFAULT_WEIGHTS})")
-    parser.add_argument("--quick", action="store_true", help=f"a 30-second run: a smaller pre-trained model, {QUICK.max_steps} steps per weight")
+    parser.add_argument("--quick", action="store_true", help=f"a 30-second run: a shorter pre-training, {QUICK.max_steps} steps per weight, fewer held-out rows")
     parser.add_argument("--max-steps", type=int, help=f"optimizer steps per weight (default: {FULL.max_steps}, {QUICK.max_steps} with --quick)")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per step (default: 16)")
     parser.add_argument("--learning-rate", type=float, help="default: 1e-3 for the tiny model, 2e-5 for --model")
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             train_rows, held_out_rows = file_split(args)
         else:
             count = preset.held_out_rows if args.held_out_rows is None else args.held_out_rows
-            train_rows, held_out_rows = builtin_split(count, args.seed)
+            train_rows, held_out_rows = builtin_split(count, args.seed, args.max_steps * args.batch_size)
     except (ValueError, ImportError) as error:  # DataError is a ValueError
         return fail("demo", error)
     if not can_plot:
@@ -239,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     results_path = output_dir / "results.json"
-    settings = {key: value for key, value in vars(args).items()}
-    results_path.write_text(json.dumps({"settings": settings, "runs": [asdict(r) for r in results]}, indent=1))
+    results_path.write_text(json.dumps({"settings": vars(args), "runs": [asdict(r) for r in results]}, indent=1))
     table = format_table(results, {name: len(rows) for name, rows in classes.items()})
     print(
         f"\nLosses are mean NLL per token (training: the last {max(1, args.max_steps // 20)} steps; held-out: "

@@ -68,13 +68,13 @@ def test_quick_demo_measures_the_mechanism(capsys, tmp_path, cache_dir, small_qu
     assert rows["start"][5] == 0 and all(rows[w][5] > 0 for w in ("0", "0.1", "1"))  # the weights moved
     held_out_prompt = [rows[w][2] for w in ("0", "0.1", "1")]
     assert held_out_prompt[0] > held_out_prompt[1] > held_out_prompt[2]
-    summary = next(line for line in printed.splitlines() if line.startswith("What the numbers show"))
-    closest = min(("0", "0.1", "1"), key=lambda w: rows[w][5])
-    assert f"the weights moved least at PLW {closest} ({rows[closest][5]:.3f})" in summary
     check_png(out / "loss_curves.png")
 
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]
+    summary = next(line for line in printed.splitlines() if line.startswith("What the numbers show"))
+    closest = min(runs, key=lambda run: run["end"]["weight_distance"])
+    assert f"the weights moved least at PLW {closest['prompt_loss_weight']:g} ({closest['end']['weight_distance']:.3f})" in summary
     assert [r["prompt_loss_weight"] for r in runs] == [0.0, 0.1, 1.0]
     assert results["settings"]["max_steps"] == 6
     for run in runs:
