@@ -8,7 +8,7 @@ seed. Per weight it reports the final training and held-out prompt and completio
 on held-out general text (what fine-tuning made the model forget) and how far the weights moved from
 the pre-trained ones, then one line saying what those numbers show, and draws every curve.
 ``--model`` and ``--dataset`` run the same comparison on a real model and data; ``--quick`` is a
-30-second run.
+short run (less pre-training, fewer steps and rows).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", help="Alpaca prompt template, as in plw-plugins stats --template")
     parser.add_argument("--split", help="the split of a saved DatasetDict (default: train)")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"prompt loss weights to compare (default: {DEFAULT_WEIGHTS})")
-    parser.add_argument("--quick", action="store_true", help=f"a 30-second run: a shorter pre-training, {QUICK.max_steps} steps per weight, fewer held-out rows")
+    parser.add_argument("--quick", action="store_true", help=f"a short run: a shorter pre-training, {QUICK.max_steps} steps per weight, fewer held-out rows")
     parser.add_argument("--max-steps", type=int, help=f"optimizer steps per weight (default: {FULL.max_steps}, {QUICK.max_steps} with --quick)")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per step (default: 16)")
     parser.add_argument("--learning-rate", type=float, help="default: 1e-3 for the tiny model, 2e-5 for --model")
