@@ -131,3 +131,55 @@ def instruction_loader(tokenizer: Any, count: int = 256, *, batch_size: int = 8,
     return DataLoader(
         examples, batch_size=batch_size, shuffle=True, collate_fn=partial(pad_examples, pad_token_id=tokenizer.pad_token_id)
     )
+
+
+_NAMES = "Anna Ben Clara David Emma Felix Grace Henry Iris Jonas".split()
+_PLACES = "village city school library kitchen station island valley".split()
+_VERBS = "found carried painted watched opened cleaned followed described".split()
+
+
+def _general_sentence(rng: random.Random) -> str:
+    kind = rng.randrange(8)
+    name, noun = rng.choice(_NAMES), rng.choice(_WORDS)
+    if kind == 0:
+        return f"{name} {rng.choice(_VERBS)} the {noun} in the {rng.choice(_PLACES)}."
+    if kind == 1:
+        if rng.random() < 0.5:
+            return f"The {noun} was {rng.choice(_POSITIVE)}, so {name} was happy."
+        return f"The {noun} was {rng.choice(_NEGATIVE)}, so {name} was sad."
+    if kind == 2:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        return f"{a} plus {b} is {a + b}."
+    if kind == 3:
+        n = rng.randint(100, 9999)
+        return f"The number {n} is {'even' if n % 2 == 0 else 'odd'}."
+    if kind == 4:
+        n = rng.randint(1, 60)
+        return f"After {n} comes {n + 1}, and then {n + 2}."
+    if kind == 5:
+        return f"The word {noun} is spelled {'-'.join(noun)}."
+    if kind == 6:
+        return f"Someone wrote: the {noun} was {rng.choice(_POSITIVE + _NEGATIVE)}; I would tell a friend about it."
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return f"What is {a} plus {b}? The answer is {a + b}."
+
+
+def general_text(count: int = 512, *, seed: int = 0) -> list[str]:
+    """``count`` short passages of plain English (four to six sentences each) about the same words,
+    numbers and feelings as the instruction tasks, but without their template: the demo pre-trains
+    its tiny model on them, and holds some out to measure what fine-tuning makes the model forget."""
+    rng = random.Random(seed)
+    return [" ".join(_general_sentence(rng) for _ in range(rng.randint(4, 6))) for _ in range(count)]
+
+
+def short_instruction_rows(count: int = 512, *, seed: int = 0) -> list[dict[str, str]]:
+    """``count`` prompt-completion rows of the short-completion tasks only (a word or a number after a
+    longer prompt: generation ratio well below 1, where the study found the prompt loss weight matters)."""
+    rng = random.Random(seed)
+    tasks = list(SHORT_TASKS.items())
+    rows = []
+    for index in range(count):
+        name, make = tasks[index % len(tasks)]
+        instruction, answer = make(rng)
+        rows.append({"prompt": PROMPT_TEMPLATE.format(instruction=instruction), "completion": answer, "task": name})
+    return rows

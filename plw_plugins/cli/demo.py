@@ -1,11 +1,14 @@
-"""``plw-plugins demo``: fine-tune one model at several prompt loss weights and compare the losses.
+"""``plw-plugins demo``: fine-tune one pre-trained model at several prompt loss weights and measure
+what the study (Huerta-Enochian & Ko, 2024, §5.3) says the weight does.
 
-With no arguments it runs on CPU in about two minutes: a tiny Llama and tokenizer built locally, the
-package's built-in instruction data (short- and long-completion tasks), ``PLWSFTTrainer`` at weights
-0, 0.1 and 1 from the same initial weights, data order and seed. It prints, per weight, the final
-training prompt and completion loss and the held-out completion loss (overall and for held-out rows
-with a shorter / longer completion than prompt), and writes the loss curves as a PNG. ``--model`` and
-``--dataset`` run the same comparison on a real model and data.
+With no arguments it runs on a CPU in a few minutes: a tiny Llama that the package pre-trains on its
+built-in general text (once; cached, see ``pretrained.py``) is fine-tuned with ``PLWSFTTrainer`` on
+the built-in short-completion tasks at weights 0, 0.1 and 1, from the same weights, data order and
+seed. Per weight it reports the final training and held-out prompt and completion losses, the loss
+on held-out general text (what fine-tuning made the model forget) and how far the weights moved from
+the pre-trained ones, then one line saying what those numbers show, and draws every curve.
+``--model`` and ``--dataset`` run the same comparison on a real model and data; ``--quick`` is a
+short run (less pre-training, fewer steps and rows).
 """
 
 from __future__ import annotations
@@ -15,31 +18,39 @@ import json
 import math
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from plw_plugins.validation import validate_prompt_loss_weight
 
 from .datasets import FORMATS, DataError, read_records, template_argument, to_prompt_completion
+from .errors import fail, missing_path_error
+from .pretrained import PretrainSettings
 
 DEFAULT_WEIGHTS = "0,0.1,1"
 BUILTIN_TRAIN_ROWS = 1200
-BUILTIN_HELD_OUT_ROWS = 96
-HELD_OUT_CLASSES = ("short", "long")  # held-out rows with a completion shorter than the prompt, and the rest
 
 
-@dataclass
-class WeightResult:
-    """What one fine-tuning run at one prompt loss weight ended with, and its loss curves."""
+@dataclass(frozen=True)
+class Preset:
+    """The defaults of a full run and of ``--quick``; a flag given explicitly wins."""
 
-    prompt_loss_weight: float
-    train_prompt_loss: float
-    train_completion_loss: float
-    held_out_prompt_loss: float
-    held_out_completion_loss: float
-    held_out_completion_loss_by_class: dict[str, float]
-    curves: dict[str, list[tuple[int, float]]] = field(repr=False)
+    max_steps: int
+    held_out_rows: int
+    general_rows: int
+    pretrain: PretrainSettings
+
+
+FULL = Preset(max_steps=150, held_out_rows=96, general_rows=64, pretrain=PretrainSettings())
+QUICK = Preset(
+    max_steps=30, held_out_rows=32, general_rows=24,
+    pretrain=PretrainSettings(steps=60, batch_size=16, text_rows=1024),
+)
+TRAIN_SAMPLE_ROWS = 64
+"""Training rows measured at the start, to tell whether the training prompt loss rose above it."""
+INSTALL_HINT = "pip install 'plw-plugins[trl]'"
+PLOT_HINT = "pip install matplotlib (or pip install 'plw-plugins[stats]')"
 
 
 def parse_weights(text: str) -> list[float]:
@@ -56,17 +67,18 @@ def parse_weights(text: str) -> list[float]:
     return weights
 
 
-def builtin_split(held_out_rows: int | None, seed: int) -> tuple[list[dict], list[dict]]:
-    """Training and held-out rows of the built-in data: the held-out rows come from another seed,
-    less any prompt that is also in the training rows."""
-    from .builtin_data import instruction_rows
+def builtin_split(count: int, seed: int, rows_needed: int = BUILTIN_TRAIN_ROWS) -> tuple[list[dict], list[dict]]:
+    """Training rows (at most ``BUILTIN_TRAIN_ROWS``, no more than ``rows_needed``) and held-out rows of
+    the built-in short-completion tasks: the held-out rows come from another seed, less any prompt
+    that is also in the training rows."""
+    from .builtin_data import short_instruction_rows
 
-    count = BUILTIN_HELD_OUT_ROWS if held_out_rows is None else held_out_rows
     if count < 1:
         raise DataError(f"--held-out-rows must be at least 1, got {count}")
-    train = [{"prompt": r["prompt"], "completion": r["completion"]} for r in instruction_rows(BUILTIN_TRAIN_ROWS, seed=seed)]
+    size = min(BUILTIN_TRAIN_ROWS, rows_needed)
+    train = [{"prompt": r["prompt"], "completion": r["completion"]} for r in short_instruction_rows(size, seed=seed)]
     seen = {row["prompt"] for row in train}
-    candidates = instruction_rows(4 * count, seed=seed + 1)
+    candidates = short_instruction_rows(4 * count, seed=seed + 1)
     held_out = [{"prompt": r["prompt"], "completion": r["completion"]} for r in candidates if r["prompt"] not in seen]
     return train, held_out[:count]
 
@@ -100,224 +112,153 @@ def split_by_length_class(rows: list[dict], tokenizer: Any) -> dict[str, list[di
     return {name: subset for name, subset in classes.items() if subset}
 
 
-def curves_from(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """Training prompt / completion loss and held-out completion loss against the step."""
-    keys = {"train_prompt_loss": "prompt_loss", "train_completion_loss": "completion_loss"}
-    curves: dict[str, list[tuple[int, float]]] = {name: [] for name in (*keys, "held_out_completion_loss")}
-    for entry in log_history:
-        step = entry.get("step", 0)
-        if "eval_held_out_completion_loss" in entry:
-            curves["held_out_completion_loss"].append((step, entry["eval_held_out_completion_loss"]))
-        elif "loss" in entry:
-            for name, key in keys.items():
-                if key in entry:
-                    curves[name].append((step, entry[key]))
-    return curves
-
-
-def train_one(weight: float, args: argparse.Namespace, model_path: str, tokenizer: Any, train: Any, held_out: dict[str, Any]) -> WeightResult:
-    """Fine-tune a fresh copy of the model at ``weight``; the seed fixes initial weights and data order."""
-    import torch
-    from transformers import AutoModelForCausalLM, set_seed
-
-    from plw_plugins.integrations.trl import PLWSFTConfig, PLWSFTTrainer
-
-    set_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    config = PLWSFTConfig(
-        output_dir=str(Path(args.output_dir) / f"plw-{weight:g}"),
-        prompt_loss_weight=weight,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, args.max_steps // 20),
-        logging_steps=max(1, args.max_steps // 20),
-        eval_strategy="steps",
-        eval_steps=max(1, args.max_steps // 8),
-        save_strategy="no",
-        report_to=[],
-        seed=args.seed,
-        data_seed=args.seed,
-        max_length=args.max_length,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=bool(args.model),  # TRL's default; only a waste on the tiny model
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    trainer = PLWSFTTrainer(
-        model=model, args=config, train_dataset=train, eval_dataset={"held_out": held_out["all"]}, processing_class=tokenizer
-    )
-    print(f"\n== prompt_loss_weight = {weight:g} ==")
-    trainer.evaluate()  # the held-out loss at step 0, the same for every weight
-    start = trainer.state.log_history[-1]  # train() starts a new log history
-    trainer.train()
-    evaluated = [e.get("step") for e in trainer.state.log_history if "eval_held_out_loss" in e]
-    if not evaluated or evaluated[-1] != trainer.state.global_step:
-        trainer.evaluate(metric_key_prefix="eval_held_out", eval_dataset=held_out["all"])
-    by_class = {}
-    for name in HELD_OUT_CLASSES:
-        if name in held_out:
-            metrics = trainer.evaluate(eval_dataset=held_out[name], metric_key_prefix=f"eval_{name}")
-            by_class[name] = metrics[f"eval_{name}_completion_loss"]
-    curves = curves_from([start, *trainer.state.log_history])
-    final_eval = next(e for e in reversed(trainer.state.log_history) if "eval_held_out_loss" in e)
-    return WeightResult(
-        prompt_loss_weight=weight,
-        train_prompt_loss=curves["train_prompt_loss"][-1][1],
-        train_completion_loss=curves["train_completion_loss"][-1][1],
-        held_out_prompt_loss=final_eval["eval_held_out_prompt_loss"],
-        held_out_completion_loss=final_eval["eval_held_out_completion_loss"],
-        held_out_completion_loss_by_class=by_class,
-        curves=curves,
-    )
-
-
-def format_table(results: list[WeightResult], class_sizes: dict[str, int]) -> str:
-    """One row per weight: final training losses and held-out losses (mean NLL per token)."""
-    classes = [name for name in HELD_OUT_CLASSES if name in class_sizes]
-    header = ["PLW", "train prompt", "train completion", "held-out prompt", "held-out completion"]
-    header += [f"held-out completion, {name} ({class_sizes[name]} rows)" for name in classes]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
-    for result in results:
-        cells = [
-            f"{result.prompt_loss_weight:g}",
-            f"{result.train_prompt_loss:.3f}",
-            f"{result.train_completion_loss:.3f}",
-            f"{result.held_out_prompt_loss:.3f}",
-            f"{result.held_out_completion_loss:.3f}",
-        ]
-        cells += [f"{result.held_out_completion_loss_by_class[name]:.3f}" for name in classes]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_curves(results: list[WeightResult], path: Path, title: str) -> None:
-    """Three panels against the step: training prompt loss, training completion loss, held-out completion loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = (
-        ("train_prompt_loss", "training prompt loss"),
-        ("train_completion_loss", "training completion loss"),
-        ("held_out_completion_loss", "held-out completion loss"),
-    )
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    colors = plt.get_cmap("viridis")
-    for index, result in enumerate(results):
-        color = colors(index / max(1, len(results) - 1) * 0.9)
-        for axis, (key, _) in zip(axes, panels):
-            points = result.curves[key]
-            if points:
-                steps, values = zip(*points)
-                axis.plot(steps, values, marker="o" if len(points) < 12 else None, markersize=3, color=color,
-                          label=f"PLW {result.prompt_loss_weight:g}")
-    for axis, (_, label) in zip(axes, panels):
-        axis.set_title(label)
-        axis.set_xlabel("optimizer step")
-        axis.set_ylabel("mean NLL per token")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plw-plugins demo",
-        description="Fine-tune a model at several prompt loss weights with PLWSFTTrainer and compare the final "
-        "training and held-out losses. With no arguments: a tiny local Llama on the built-in data, on CPU.",
+        description="Fine-tune one pre-trained model at several prompt loss weights with PLWSFTTrainer and measure, "
+        "per weight, the training and held-out losses, the loss on held-out general text (forgetting) and how far "
+        "the weights moved. With no arguments: a tiny Llama pre-trained by the package (cached) on the built-in "
+        "short-completion tasks, on CPU, in a few minutes.",
     )
-    parser.add_argument("--model", help="model path or hub name (default: a tiny Llama built in OUTPUT_DIR/tiny-model)")
-    parser.add_argument("--dataset", help="JSON / JSON Lines file or saved dataset folder (default: built-in data)")
+    parser.add_argument("--model", help="model path or hub name, the pre-trained start (default: the package's tiny Llama, pre-trained once and cached)")
+    parser.add_argument("--dataset", help="JSON / JSON Lines file or saved dataset folder (default: built-in short-completion tasks)")
     parser.add_argument("--format", choices=FORMATS, help="format of --dataset (default: detected)")
-    parser.add_argument("--template", help="Alpaca prompt template, as in `plw-plugins stats --template`")
+    parser.add_argument("--template", help="Alpaca prompt template, as in plw-plugins stats --template")
     parser.add_argument("--split", help="the split of a saved DatasetDict (default: train)")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"prompt loss weights to compare (default: {DEFAULT_WEIGHTS})")
-    parser.add_argument("--max-steps", type=int, default=150, help="optimizer steps per weight (default: 150)")
+    parser.add_argument("--quick", action="store_true", help=f"a short run: a shorter pre-training, {QUICK.max_steps} steps per weight, fewer held-out rows")
+    parser.add_argument("--max-steps", type=int, help=f"optimizer steps per weight (default: {FULL.max_steps}, {QUICK.max_steps} with --quick)")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per step (default: 16)")
-    parser.add_argument("--learning-rate", type=float, help="default: 2e-3 for the tiny model, 2e-5 for --model")
+    parser.add_argument("--learning-rate", type=float, help="default: 1e-3 for the tiny model, 2e-5 for --model")
     parser.add_argument("--max-length", type=int, default=1024, help="truncate sequences to this many tokens (default: 1024)")
-    parser.add_argument("--held-out-rows", type=int, help=f"rows held out for evaluation (default: {BUILTIN_HELD_OUT_ROWS} for the built-in data, 10%%, at most 200, of --dataset)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model copy, data order and split (default: 0)")
-    parser.add_argument("--output-dir", default="plw-demo", help="where the model, results.json and loss_curves.png go")
+    parser.add_argument("--held-out-rows", type=int, help=f"rows held out for evaluation (default: {FULL.held_out_rows} of the built-in data, {QUICK.held_out_rows} with --quick; 10%%, at most 200, of --dataset)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data order and split (default: 0)")
+    parser.add_argument("--output-dir", default="plw-demo", help="where results.json and loss_curves.png go (default: plw-demo)")
+    parser.add_argument("--cache-dir", help="where the pre-trained tiny model is cached (default: $PLW_PLUGINS_CACHE, else $XDG_CACHE_HOME/plw-plugins, else ~/.cache/plw-plugins)")
+    parser.add_argument("--verbose", action="store_true", help="show the trainer's per-step logs, warnings and evaluation bars")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_arguments(args: argparse.Namespace) -> list[float]:
+    """The weights; raises ``ValueError`` naming the flag for any bad value."""
+    weights = parse_weights(args.weights)
+    for flag in ("max_steps", "batch_size", "max_length"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be a positive number, got {args.learning_rate}")
+    problem = args.model and missing_path_error("--model", args.model)
+    if problem:
+        raise ValueError(problem)
+    return weights
+
+
+def check_dependencies() -> bool:
+    """Raise ``ImportError`` with the install command when TRL is missing; return whether the plot
+    can be drawn (matplotlib), checked before any training."""
+    for module in ("trl", "transformers", "datasets", "tokenizers"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ImportError(f"the demo needs {module}, which is not installed: {INSTALL_HINT}") from None
     try:
-        weights = parse_weights(args.weights)
-        if args.max_steps < 1:
-            raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}")
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' warnings and progress bars out of the terminal (``--verbose`` keeps them)."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    args.max_steps = preset.max_steps if args.max_steps is None else args.max_steps
+    try:
+        weights = check_arguments(args)
+        can_plot = check_dependencies()
         if args.dataset:
             train_rows, held_out_rows = file_split(args)
         else:
-            train_rows, held_out_rows = builtin_split(args.held_out_rows, args.seed)
-    except ValueError as error:  # DataError is a ValueError
-        print(f"plw-plugins demo: error: {error}", file=sys.stderr)
-        return 2
+            count = preset.held_out_rows if args.held_out_rows is None else args.held_out_rows
+            train_rows, held_out_rows = builtin_split(count, args.seed, args.max_steps * args.batch_size)
+    except (ValueError, ImportError) as error:  # DataError is a ValueError
+        return fail("demo", error)
+    if not can_plot:
+        print(f"matplotlib is not installed: the demo will print its table and write results.json, but draw no plot ({PLOT_HINT}).")
+    if not args.verbose:
+        quiet_libraries()
 
     from datasets import Dataset
 
+    from .pretrained import general_text_split, pretrained_model
     from .stats import load_tokenizer
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if args.model:
-        model_path = args.model
-    else:
-        from .tiny_model import build_tiny_llama
-
-        model_path = str(output_dir / "tiny-model")
-        build_tiny_llama(model_path, seed=args.seed)
+    model_path = args.model or str(pretrained_model(preset.pretrain, args.cache_dir))
     if args.learning_rate is None:
-        args.learning_rate = 2e-5 if args.model else 2e-3
+        args.learning_rate = 2e-5 if args.model else 1e-3
     try:
         tokenizer = load_tokenizer(model_path)
         classes = split_by_length_class(held_out_rows, tokenizer)
     except DataError as error:
-        print(f"plw-plugins demo: error: {error}", file=sys.stderr)
-        return 2
-    held_out = {"all": Dataset.from_list(held_out_rows), **{k: Dataset.from_list(v) for k, v in classes.items()}}
-    train = Dataset.from_list(train_rows)
+        return fail("demo", error)
+    _, general_rows = general_text_split(preset.pretrain.text_rows, preset.general_rows, preset.pretrain.seed)
+    eval_sets = {
+        "held_out": Dataset.from_list(held_out_rows),
+        "general": Dataset.from_list([{"text": text} for text in general_rows]),
+        "train_sample": Dataset.from_list(train_rows[:TRAIN_SAMPLE_ROWS]),
+    }
     print(
         f"model {model_path}; {len(train_rows)} training rows, {len(held_out_rows)} held out "
-        f"({', '.join(f'{len(v)} {k}-completion' for k, v in classes.items())}); weights {', '.join(f'{w:g}' for w in weights)}"
+        f"({', '.join(f'{len(v)} {k}-completion' for k, v in classes.items())}), {len(general_rows)} passages of "
+        f"general text held out; weights {', '.join(f'{w:g}' for w in weights)}, {args.max_steps} steps each"
     )
 
-    results = [train_one(weight, args, model_path, tokenizer, train, held_out) for weight in weights]
+    from .demo_report import format_table, plot_curves, prompt_loss_rise_note, what_the_numbers_show
+    from .demo_training import train_one
+
+    class_sets = {name: Dataset.from_list(rows) for name, rows in classes.items()} if len(classes) > 1 else {}
+    train = Dataset.from_list(train_rows)
+    results = [train_one(weight, args, model_path, tokenizer, train, eval_sets, class_sets) for weight in weights]
     for result in results:
-        values = [result.train_prompt_loss, result.train_completion_loss, result.held_out_completion_loss]
+        values = asdict(result.end).values()
         if not all(math.isfinite(value) for value in values):
-            print(f"plw-plugins demo: error: a loss at PLW {result.prompt_loss_weight:g} is not finite: {values}", file=sys.stderr)
+            print(f"plw-plugins demo: error: a measurement at PLW {result.prompt_loss_weight:g} is not finite: {result.end}", file=sys.stderr)
             return 1
 
-    class_sizes = {name: len(rows) for name, rows in classes.items()}
-    table = format_table(results, class_sizes)
-    plot_path = output_dir / "loss_curves.png"
-    data_name = Path(args.dataset).name if args.dataset else "built-in data"
-    plot_curves(results, plot_path, f"{Path(model_path).name} on {data_name}, {args.max_steps} steps per weight")
-    (output_dir / "results.json").write_text(json.dumps([asdict(result) for result in results], indent=2))
+    results_path = output_dir / "results.json"
+    results_path.write_text(json.dumps({"settings": vars(args), "runs": [asdict(r) for r in results]}, indent=1))
+    table = format_table(results, {name: len(rows) for name, rows in classes.items()})
     print(
-        f"\nFinal losses (mean NLL per token; training: the last {max(1, args.max_steps // 20)} steps; "
-        f"held-out: {len(held_out_rows)} rows not trained on):\n\n{table}\n\n"
-        "The prompt loss weight scales how much the prompt tokens are trained: at 0 not at all, at 1 like the "
-        "completion. "
-        + (
-            ""
-            if args.model
-            else "A randomly initialised tiny model shows the mechanics only: the study's effect on downstream "
-            "scores comes from keeping a pre-trained model close to its weights, so try --model with a real one. "
-        )
-        + "Run `plw-plugins stats` on your data to see whether the weight matters for it.\n"
-        f"\nLoss curves: {plot_path}\nAll numbers: {output_dir / 'results.json'}"
+        f"\nLosses are mean NLL per token (training: the last {max(1, args.max_steps // 20)} steps; held-out: "
+        f"{len(held_out_rows)} rows not trained on; general text: {len(general_rows)} passages of plain text); "
+        "weight change: relative L2 distance of all weights from the start.\n"
+        f"\n{table}\n\n{what_the_numbers_show(results)}"
     )
+    note = prompt_loss_rise_note(results)
+    if note:
+        print(note)
+    plot_path = output_dir / "loss_curves.png"
+    data_name = Path(args.dataset).name if args.dataset else "built-in short-completion tasks"
+    if can_plot:
+        plot_curves(results, plot_path, f"{Path(model_path).name} on {data_name}, {args.max_steps} steps per weight")
+        print(f"\nCurves: {plot_path}")
+    else:
+        print(f"\nNo plot: matplotlib is not installed; {PLOT_HINT}, then run again.")
+    print(f"All numbers and the trainer's logs: {results_path}")
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .builtin_data import instruction_rows
+from .errors import fail
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -35,7 +36,10 @@ def build_tiny_tokenizer(*, vocab_size: int = 512, pad_is_eos: bool = False, tex
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
@@ -47,6 +51,25 @@ def build_tiny_tokenizer(*, vocab_size: int = 512, pad_is_eos: bool = False, tex
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def tiny_llama_config(tokenizer: Any, *, hidden_size: int = 64, layers: int = 2) -> Any:
+    """The ``LlamaConfig`` of the tiny models: ``hidden_size`` wide, ``layers`` deep, sized to ``tokenizer``."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
 
 
 def build_tiny_llama(
@@ -61,22 +84,10 @@ def build_tiny_llama(
     """``(model, tokenizer)``: a randomly initialised ``LlamaForCausalLM`` and its tokenizer, saved to
     ``output_dir`` when given so that any framework can load them by path."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, pad_is_eos=pad_is_eos)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(tokenizer, hidden_size=hidden_size, layers=layers)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     if output_dir is not None:
@@ -88,11 +99,20 @@ def build_tiny_llama(
 def main(argv: list[str]) -> int:
     """Save the built-in tiny Llama and tokenizer to a folder, e.g. for the offline Axolotl example."""
     parser = argparse.ArgumentParser(
-        prog="plw-plugins tiny-model", description="Save the built-in tiny Llama and tokenizer to a folder."
+        prog="plw-plugins tiny-model",
+        description="Save the built-in tiny Llama (randomly initialised) and its byte-level BPE tokenizer to a "
+        "folder, built locally: nothing is fetched from a hub. Needs transformers and tokenizers.",
     )
     parser.add_argument("output_dir", help="folder to write config, weights and tokenizer to")
     parser.add_argument("--pad-is-eos", action="store_true", help="use the eos token for padding, as many Llama tokenizers do")
     args = parser.parse_args(argv)
-    build_tiny_llama(args.output_dir, pad_is_eos=args.pad_is_eos)
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        return fail("tiny-model", f"{args.output_dir}: exists and is not a folder")
+    try:
+        build_tiny_llama(args.output_dir, pad_is_eos=args.pad_is_eos)
+    except ImportError as error:
+        return fail("tiny-model", f"needs transformers and tokenizers ({error}): pip install 'plw-plugins[trl]'")
+    except OSError as error:
+        return fail("tiny-model", f"{args.output_dir}: cannot write there ({error.strerror or error})")
     print(f"saved a tiny Llama and its tokenizer to {args.output_dir}")
     return 0
