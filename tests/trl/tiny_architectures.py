@@ -4,6 +4,8 @@ experts...), everything else is the architecture's default. Used by test_trl_arc
 
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,6 +13,26 @@ import torch
 VOCAB = 96
 MAX_PARAMETERS = 4_000_000
 """A config still larger than this after shrinking cannot be built tiny with the generic keys below."""
+BUILD_SECONDS = 20
+"""A config that takes longer to build is not tiny (some keep sizes under keys of their own)."""
+
+
+class BuildTimeout(Exception):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: int):
+    def expire(*_: Any) -> None:
+        raise BuildTimeout(f"building took over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 SHRINK: dict[str, Any] = {
     "vocab_size": VOCAB,
@@ -59,7 +81,8 @@ def build_tiny(model_type: str) -> tuple[torch.nn.Module | None, str]:
     try:
         config = AutoConfig.for_model(model_type, **overrides)
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with time_limit(BUILD_SECONDS):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except Exception as error:  # noqa: BLE001
         return None, f"no tiny model from its config: {type(error).__name__}: {str(error)[:200]}"
     count = sum(p.numel() for p in model.parameters())

@@ -53,7 +53,15 @@ ENGINES: dict[str, dict[str, Any]] = {
 
 def full_state(trainer) -> dict[str, torch.Tensor] | None:
     """Every parameter, whole, on rank 0 (None elsewhere)."""
-    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = trainer.model_wrapped
+    if isinstance(model, FullyShardedDataParallel):
+        # accelerate's FSDP1 full state dict (offloaded to CPU) crashes in its clone on CPU-only processes.
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            state = {name.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for name, p in model.named_parameters()}
+    else:
+        state = trainer.accelerator.get_state_dict(model)
     if not trainer.accelerator.is_main_process:
         return None
     return {name: tensor.detach().float().clone() for name, tensor in state.items()}
