@@ -240,7 +240,7 @@ def install_plw_forward(model: nn.Module) -> nn.Module:
     original_forward = causal_lm.forward
     logits_checked = False
     if _parameters_materialized(causal_lm):
-        device = next(head.parameters()).device
+        device = next(causal_lm.parameters()).device  # the embeddings' device, first, with a device map
         vocab = next(m for m in head.modules() if isinstance(m, nn.Linear)).weight.shape[0]
         check_logits(causal_lm, torch.arange(1, PROBE_TOKENS + 1, device=device).remainder(vocab)[None])
         logits_checked = True
