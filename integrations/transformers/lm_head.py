@@ -183,7 +183,9 @@ def check_logits(model: nn.Module, input_ids: Tensor, forward: Callable[..., Any
                          "needs logits that are one call of the head on the last hidden state")
     head_input, head_output = seen[0]
     problem = None
-    if head_input.shape != hidden.shape or not torch.allclose(head_input.float(), hidden.float(), rtol=1e-4, atol=1e-5):
+    # Two runs of the body may differ by kernel noise in half precision; a real transform differs far more.
+    noise = 1e-3 * hidden.float().abs().max().item()
+    if head_input.shape != hidden.shape or not torch.allclose(head_input.float(), hidden.float(), rtol=1e-3, atol=noise):
         problem = "the hidden state it gives its LM head is not its body's last hidden state"
     elif logits.shape != head_output.shape:
         problem = f"its logits have shape {tuple(logits.shape)}, its LM head's output {tuple(head_output.shape)}"
