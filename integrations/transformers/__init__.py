@@ -45,11 +45,21 @@ Overridable hooks:
 - class attribute ``plw_completion_statistics``: also compute entropy / top-1 counts over completion
   targets (``PLWForwardOutput.entropy_sum`` / ``correct_tokens``), as TRL logs them.
 
-Limits: logits must be ``last_hidden_state @ lm_head.weight.T + bias`` (no softcapping or logit
-scaling, no adapter on the LM head); tensor / context / sequence parallelism are not handled.
+Limits: logits must be ``last_hidden_state @ lm_head.weight.T + bias``, which a probe run checks at
+construction (no soft-capping or logit scaling, no adapter on the LM head; PEFT's ``modules_to_save``
+copy of it is fine). DDP, FSDP1/2 and ZeRO-2/3 are handled (the head is read inside its own call);
+tensor / context / sequence parallelism are not.
 """
 
-from .lm_head import PLWForwardOutput, PLWRequest, check_lm_head, install_plw_forward, unwrap_causal_lm
+from .lm_head import (
+    PLWForwardOutput,
+    PLWRequest,
+    call_lm_head,
+    check_lm_head,
+    check_logits,
+    install_plw_forward,
+    unwrap_causal_lm,
+)
 from .metrics import completion_token_statistics
 from .trainer import (
     BATCH_ONLY_KEYS,
@@ -65,7 +75,9 @@ __all__ = [
     "PLWForwardOutput",
     "PLWRequest",
     "PromptLossWeightTrainerMixin",
+    "call_lm_head",
     "check_lm_head",
+    "check_logits",
     "completion_token_statistics",
     "install_plw_forward",
     "prompt_loss_weight_config_from",

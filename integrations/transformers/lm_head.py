@@ -6,12 +6,18 @@ reduction there; FSDP gathers parameters there), so this module does what TRL do
 head: it replaces the ``forward`` of the causal-LM module with one that, given ``plw_request=...``,
 runs the body, hands its last hidden state and the LM head to the core, and returns the core's result.
 Without ``plw_request`` the original forward runs, so generation and plain calls are unchanged.
+
+The head is read inside its own call (``call_lm_head``), so that FSDP and ZeRO-3 gather and reduce
+its parameters as they do for any module, and PEFT's ``modules_to_save`` copy is the one trained. A
+probe run (``check_logits``) refuses any model whose logits are not the head's output on the last
+hidden state (soft-capping, logit scaling), whatever its config calls the step.
 """
 
 from __future__ import annotations
 
 import functools
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +29,6 @@ from transformers.utils import ModelOutput
 from plw_plugins import LossMasks, PLWLoss, prompt_weighted_loss_from_hidden, prompt_weighted_loss_from_token_nll
 
 from .metrics import completion_token_statistics
-
-# Config attributes of architectures whose logits are not ``hidden @ lm_head.weight.T + bias``.
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")
-
 
 @dataclass
 class PLWRequest:
@@ -76,11 +78,23 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
-    """``(body, lm_head)`` of a causal LM whose logits are ``lm_head(body(...).last_hidden_state)``.
+PROBE_TOKENS = 8
+"""Tokens of the probe that checks a model's logits against its LM head's output."""
 
-    Raises a ``ValueError`` saying what is missing for any model where computing the loss from the
-    hidden state and the head's weight would not reproduce the model's own logits.
+PROBE_LOGIT_SCALE = 30.0
+"""Size of the logits the probe substitutes for the head's output: large enough that soft-capping shows."""
+
+_CONFIG_HINTS = ("softcap", "soft_cap", "logit", "multiplier", "scaling", "scale")
+
+
+def check_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(body, lm_head)`` of a causal LM whose logits come from calling ``lm_head`` on the body's output.
+
+    ``lm_head`` is the module the model calls: a ``torch.nn.Linear``, or a wrapper that calls one (an
+    FSDP unit, PEFT's ``modules_to_save`` copy). Raises a ``ValueError`` saying what is missing where
+    computing the loss from the head's linear layer cannot reproduce the model's logits: no head, an
+    adapter (LoRA) or a non-float layer on the head, no separate body. Whether the model transforms the
+    head's output is checked by running it (``check_logits``).
     """
     name = type(model).__name__
     get_head = getattr(model, "get_output_embeddings", None)
@@ -90,23 +104,18 @@ def check_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
             f"{name} has no LM head (get_output_embeddings() returned nothing): the prompt loss weight needs a "
             "causal language model whose logits are the last hidden state times the head's weight"
         )
-    if hasattr(head, "base_layer") or not isinstance(head, nn.Linear):
+    linears = [module for module in head.modules() if isinstance(module, nn.Linear)]
+    adapters = [module for module in head.modules() if hasattr(module, "base_layer")]
+    if adapters or not linears:
+        what = type(adapters[0] if adapters else head).__name__
         raise ValueError(
-            f"the LM head of {name} is a {type(head).__name__}, not a plain torch.nn.Linear (an adapter or a "
-            "quantised layer on the head?): the loss is computed from the head's weight, which would ignore it; "
-            "leave the LM head out of the adapter's target modules"
+            f"the LM head of {name} is a {what}, not a plain torch.nn.Linear (an adapter or a quantised layer on the "
+            "head?): the loss is computed from the head's weight, which would ignore it; leave the LM head out of the "
+            "adapter's target modules (training a full copy of it with modules_to_save=['lm_head'] is supported)"
         )
-    if not head.weight.is_floating_point():
-        raise ValueError(f"the LM head of {name} has {head.weight.dtype} weights; a floating-point head is needed")
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
-    for key in LOGIT_TRANSFORMS:
-        value = getattr(text_config, key, None)
-        if value not in (None, 1, 1.0):
-            raise ValueError(
-                f"{name} transforms its logits ({key}={value!r}), which the prompt-weighted loss does not "
-                "reproduce; this architecture is not supported"
-            )
+    for linear in linears:
+        if not linear.weight.is_floating_point():
+            raise ValueError(f"the LM head of {name} has {linear.weight.dtype} weights; a floating-point head is needed")
     body = getattr(model, "base_model", None)
     if not isinstance(body, nn.Module) or body is model:
         raise ValueError(
@@ -116,25 +125,139 @@ def check_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     return body, head
 
 
+def call_lm_head(lm_head: nn.Module, compute: Callable[..., Any], *inputs: Any) -> Any:
+    """Call ``lm_head(*inputs)`` with ``compute(linear, *inputs)`` in place of its linear layer's forward.
+
+    The loss reads the head's weight instead of building the logits, but it must do so inside the
+    head's call: sharding engines make a module's parameters whole only there (an FSDP unit gathers
+    them before its forward and reduces their gradients after its backward; ZeRO-3 gathers them before
+    the forward and again before the backward of the module's outputs), and wrappers choose which
+    linear layer runs (PEFT's ``modules_to_save`` runs its trained copy). ``compute`` returns a tensor
+    or a tuple of tensors and ``None``s, which the engines' hooks can follow.
+    """
+    linears = [module for module in lm_head.modules() if isinstance(module, nn.Linear)]
+    own_forwards = [linear.__dict__.get("forward") for linear in linears]
+    for linear in linears:
+        linear.forward = functools.partial(compute, linear)
+    try:
+        return lm_head(*inputs)
+    finally:
+        for linear, own in zip(linears, own_forwards):
+            if own is None:
+                del linear.forward
+            else:
+                linear.forward = own
+
+
+def check_logits(model: nn.Module, input_ids: Tensor, forward: Callable[..., Any] | None = None) -> None:
+    """Raise a ``ValueError`` unless ``model``'s logits are its LM head's output on its body's last hidden state.
+
+    Runs the model once on ``input_ids`` (a short probe) with the head's output replaced by large
+    random logits, which must come out unchanged, and compares what the head was given with the
+    body's last hidden state. This finds soft-capping, logit scaling and any other step between the
+    body, the head and the logits, whatever the architecture calls it. ``forward`` is the model's
+    forward to run (default: calling ``model``).
+    """
+    body, head = check_lm_head(model)
+    name = type(model).__name__
+    seen: list[tuple[Tensor, Tensor]] = []
+
+    def substitute(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        generator = torch.Generator().manual_seed(len(seen))
+        probe = torch.randn(output.shape, generator=generator).mul(PROBE_LOGIT_SCALE).to(output.device, output.dtype)
+        seen.append((args[0].detach(), probe))
+        return probe
+
+    was_training = model.training
+    model.eval()
+    handle = head.register_forward_hook(substitute)
+    try:
+        with torch.no_grad():
+            hidden = _last_hidden_state(body(input_ids=input_ids, use_cache=False))
+            logits = (forward or model)(input_ids=input_ids, use_cache=False).logits
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if len(seen) != 1:
+        raise ValueError(f"{name} called its LM head {len(seen)} times for one forward pass; the prompt loss weight "
+                         "needs logits that are one call of the head on the last hidden state")
+    head_input, head_output = seen[0]
+    problem = None
+    # Two runs of the body may differ by kernel noise in half precision; a real transform differs far more.
+    noise = 1e-3 * hidden.float().abs().max().item()
+    if head_input.shape != hidden.shape or not torch.allclose(head_input.float(), hidden.float(), rtol=1e-3, atol=noise):
+        problem = "the hidden state it gives its LM head is not its body's last hidden state"
+    elif logits.shape != head_output.shape:
+        problem = f"its logits have shape {tuple(logits.shape)}, its LM head's output {tuple(head_output.shape)}"
+    elif not torch.allclose(logits.float(), head_output.float(), rtol=1e-4, atol=1e-4):
+        problem = f"it transforms its LM head's output into its logits ({_describe(head_output.float(), logits.float())})"
+    if problem:
+        raise ValueError(
+            f"{name}: {problem}, which the prompt-weighted loss (computed from the hidden state and the head's "
+            f"weight) does not reproduce; this architecture is not supported{_config_hint(model)}"
+        )
+
+
+def _describe(head_output: Tensor, logits: Tensor) -> str:
+    scale = (head_output * logits).sum() / (head_output * head_output).sum()
+    if torch.allclose(logits, scale * head_output, rtol=1e-3, atol=1e-3):
+        return f"multiplied by {scale.item():.4g}"
+    return (f"not a multiple: head outputs of up to {head_output.abs().max().item():.4g} become logits of up to "
+            f"{logits.abs().max().item():.4g}, as soft-capping does")
+
+
+def _config_hint(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    items = vars(text_config).items() if text_config is not None else ()
+    hints = [f"{key}={value!r}" for key, value in items if any(part in key for part in _CONFIG_HINTS)
+             and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1)]
+    return f" (its config sets {', '.join(hints)})" if hints else ""
+
+
+def _last_hidden_state(outputs: Any) -> Tensor:
+    return outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+
+
+def _parameters_materialized(model: nn.Module) -> bool:
+    """False while parameters are partitioned (ZeRO-3), sharded (FSDP2 DTensors) or on the meta device."""
+    return not any(
+        parameter.numel() == 0 or parameter.is_meta or hasattr(parameter, "ds_id") or hasattr(parameter, "placements")
+        for parameter in model.parameters()
+    )
+
+
 def install_plw_forward(model: nn.Module) -> nn.Module:
     """Give the causal LM inside ``model`` a forward that accepts ``plw_request``; return that module.
 
-    Idempotent. Checks the LM head first (``check_lm_head``), so that an unsupported model fails at
-    construction rather than with a wrong loss.
+    Idempotent. Checks the LM head (``check_lm_head``) and, with a probe, the logits (``check_logits``)
+    first, so that an unsupported model fails at construction rather than with a wrong loss. Where the
+    parameters are not whole yet (partitioned by ZeRO-3 at load time, say), the probe runs on the first
+    batch instead.
     """
     causal_lm = unwrap_causal_lm(model)
-    check_lm_head(causal_lm)
+    _, head = check_lm_head(causal_lm)
     if getattr(causal_lm, "_plw_forward_installed", False):
         return causal_lm
     original_forward = causal_lm.forward
+    logits_checked = False
+    if _parameters_materialized(causal_lm):
+        device = next(causal_lm.parameters()).device  # the embeddings' device, first, with a device map
+        vocab = next(m for m in head.modules() if isinstance(m, nn.Linear)).weight.shape[0]
+        check_logits(causal_lm, torch.arange(1, PROBE_TOKENS + 1, device=device).remainder(vocab)[None])
+        logits_checked = True
 
     # Keep the original signature: `generate` and column filtering inspect it.
     @functools.wraps(type(causal_lm).forward)
     def forward(self, *args: Any, plw_request: PLWRequest | None = None, **kwargs: Any):
+        nonlocal logits_checked
         if plw_request is None:
             return original_forward(*args, **kwargs)
+        if not logits_checked:
+            check_logits(self, kwargs["input_ids"][:1, :PROBE_TOKENS], forward=original_forward)
+            logits_checked = True
         if plw_request.fused_lm_head:
-            return _fused_head_forward(original_forward, plw_request, args, kwargs)
+            return _fused_head_forward(self, original_forward, plw_request, args, kwargs)
         return _prompt_weighted_forward(self, plw_request, args, kwargs)
 
     causal_lm.forward = types.MethodType(forward, causal_lm)
@@ -160,8 +283,15 @@ def virtual_token_count(masks: LossMasks, args: tuple, kwargs: dict) -> int:
     return virtual
 
 
-def _fused_head_forward(original_forward: Any, request: PLWRequest, args: tuple, kwargs: dict) -> PLWForwardOutput:
-    """The framework's fused LM head scores the targets (as labels); the core weights them."""
+def _fused_head_forward(
+    model: nn.Module, original_forward: Any, request: PLWRequest, args: tuple, kwargs: dict
+) -> PLWForwardOutput:
+    """The framework's fused LM head scores the targets (as labels); the core weights them.
+
+    The framework's forward runs inside the call of the LM head (``call_lm_head``), so that the head it
+    reads is whole and its gradient is reduced, however the engine shards it.
+    """
+    _, head = check_lm_head(model)
     masks = request.masks
     scored = masks.weights(request.prompt_loss_weight) > 0
     if request.score_unweighted:
@@ -170,17 +300,22 @@ def _fused_head_forward(original_forward: Any, request: PLWRequest, args: tuple,
     labels = F.pad(torch.where(scored, masks.targets, -100), (1 + virtual, 0), value=-100)
     for key in ("labels", "shift_labels", "num_items_in_batch"):
         kwargs.pop(key, None)
-    outputs = original_forward(*args, labels=labels, fused_lm_head=True, **kwargs)
-    device = outputs.log_probs.device
+
+    def score(linear: nn.Linear) -> tuple[Tensor, Tensor, Tensor]:
+        outputs = original_forward(*args, labels=labels, fused_lm_head=True, **kwargs)
+        return outputs.log_probs, outputs.entropy, outputs.is_top1
+
+    log_probs, entropy, is_top1 = call_lm_head(head, score)
+    device = log_probs.device
     masks = LossMasks(masks.targets.to(device), masks.completion.to(device), masks.prompt.to(device))
     result = prompt_weighted_loss_from_token_nll(
-        -outputs.log_probs[:, virtual:], masks, request.prompt_loss_weight, normalizer=request.normalizer,
+        -log_probs[:, virtual:], masks, request.prompt_loss_weight, normalizer=request.normalizer,
         scored=scored.to(device),
     )
     entropy_sum = correct_tokens = None
     if request.completion_statistics:
-        entropy_sum = (outputs.entropy[:, virtual:].detach().float() * masks.completion).sum()
-        correct_tokens = (outputs.is_top1[:, virtual:] & masks.completion).sum().float()
+        entropy_sum = (entropy[:, virtual:].detach().float() * masks.completion).sum()
+        correct_tokens = (is_top1[:, virtual:] & masks.completion).sum().float()
     return PLWForwardOutput(
         loss=result.loss, prompt_loss=result.prompt_loss, completion_loss=result.completion_loss,
         prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, weight_sum=result.weight_sum,
@@ -195,22 +330,29 @@ def _prompt_weighted_forward(model: nn.Module, request: PLWRequest, args: tuple,
         kwargs.pop(key, None)
     kwargs["use_cache"] = False
     virtual = virtual_token_count(request.masks, args, kwargs)
-    outputs = body(*args, **kwargs)
-    hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
-    hidden = hidden[:, virtual:]
-    # With the model split across devices, the body can end on another device than the head.
-    hidden = hidden.to(head.weight.device)
-    device = head.weight.device
-    masks = LossMasks(request.masks.targets.to(device), request.masks.completion.to(device), request.masks.prompt.to(device))
-    result = prompt_weighted_loss_from_hidden(
-        hidden, head.weight, masks, request.prompt_loss_weight, lm_head_bias=head.bias,
-        normalizer=request.normalizer, score_unweighted=request.score_unweighted,
+    hidden = _last_hidden_state(body(*args, **kwargs))[:, virtual:]
+
+    def weighted_loss(linear: nn.Linear, hidden: Tensor) -> tuple[Tensor | None, ...]:
+        # With the model split across devices, the body can end on another device than the head.
+        device = linear.weight.device
+        hidden = hidden.to(device)
+        masks = LossMasks(request.masks.targets.to(device), request.masks.completion.to(device),
+                          request.masks.prompt.to(device))
+        result = prompt_weighted_loss_from_hidden(
+            hidden, linear.weight, masks, request.prompt_loss_weight, lm_head_bias=linear.bias,
+            normalizer=request.normalizer, score_unweighted=request.score_unweighted,
+        )
+        entropy_sum = correct_tokens = None
+        if request.completion_statistics:
+            entropy_sum, correct_tokens = completion_token_statistics(hidden, linear.weight, linear.bias, masks)
+        return (result.loss, result.prompt_loss, result.completion_loss, result.prompt_tokens,
+                result.completion_tokens, result.weight_sum, entropy_sum, correct_tokens)
+
+    loss, prompt_loss, completion_loss, prompt_tokens, completion_tokens, weight_sum, entropy_sum, correct_tokens = (
+        call_lm_head(head, weighted_loss, hidden)
     )
-    entropy_sum = correct_tokens = None
-    if request.completion_statistics:
-        entropy_sum, correct_tokens = completion_token_statistics(hidden, head.weight, head.bias, masks)
     return PLWForwardOutput(
-        loss=result.loss, prompt_loss=result.prompt_loss, completion_loss=result.completion_loss,
-        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, weight_sum=result.weight_sum,
-        entropy_sum=entropy_sum, correct_tokens=correct_tokens,
+        loss=loss, prompt_loss=prompt_loss, completion_loss=completion_loss, prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens, weight_sum=weight_sum, entropy_sum=entropy_sum,
+        correct_tokens=correct_tokens,
     )
