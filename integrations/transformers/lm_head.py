@@ -30,6 +30,7 @@ from plw_plugins import LossMasks, PLWLoss, prompt_weighted_loss_from_hidden, pr
 
 from .metrics import completion_token_statistics
 
+
 @dataclass
 class PLWRequest:
     """What the patched forward needs besides the model inputs (a plain object, so that DDP and
