@@ -48,3 +48,20 @@ def allow_fsdp_and_deepspeed_on_cpu() -> None:
 
     __init__._plw_cpu_engines = True
     AcceleratorState.__init__ = __init__
+
+
+def full_parameters(trainer) -> dict[str, torch.Tensor] | None:
+    """Every parameter of a transformers ``Trainer``'s model after training, whole, in float32, on rank 0
+    (None elsewhere); a collective under FSDP and ZeRO-3, so every rank calls it."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = trainer.model_wrapped
+    if isinstance(model, FullyShardedDataParallel):
+        # accelerate's FSDP1 full state dict (offloaded to CPU) crashes in its clone on CPU-only processes.
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            state = {name.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for name, p in model.named_parameters()}
+    else:
+        state = trainer.accelerator.get_state_dict(model)
+    if not trainer.accelerator.is_main_process:
+        return None
+    return {name: tensor.detach().float().clone() for name, tensor in state.items()}

@@ -18,6 +18,8 @@ makes the first ``PartialState`` itself, before Axolotl makes one, and patches:
 - ``accelerate``'s ``ParallelismConfig.build_device_mesh``: Axolotl builds the FSDP device mesh for
   ``"cuda"`` (``axolotl.utils.distributed.build_parallelism_config``); on CPU processes it is built
   for ``"cpu"`` instead, over the same ranks and dimensions.
+- the loaded config's ``device_map``, cleared: Axolotl maps each rank to device ``LOCAL_RANK``, a
+  GPU index (FSDP ignores it; DeepSpeed does not).
 Of ``axolotl.train``:
 - ``execute_training``: after Axolotl's ``trainer.train()``, gather every parameter whole (a collective
   under FSDP and ZeRO-3) and save it; this is what the test compares.
@@ -41,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the CPU engine shim
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/axolotl: the harness
 from axolotl_harness import ALPACA, BASE_CONFIG, PLUGIN  # noqa: E402
-from cpu_engines import allow_fsdp_and_deepspeed_on_cpu  # noqa: E402
+from cpu_engines import allow_fsdp_and_deepspeed_on_cpu, full_parameters  # noqa: E402
 
 PROMPT_LOSS_WEIGHTS = (0.0, 0.1, 1.0)
 ROWS = 4
@@ -86,21 +88,6 @@ ENGINES: dict[str, dict[str, Any]] = {
 }
 
 
-def full_state(trainer) -> dict[str, torch.Tensor] | None:
-    """Every parameter, whole, on rank 0 (None elsewhere)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    model = trainer.model_wrapped
-    if isinstance(model, FullyShardedDataParallel):
-        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
-            state = {name.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for name, p in model.named_parameters()}
-    else:
-        state = trainer.accelerator.get_state_dict(model)
-    if not trainer.accelerator.is_main_process:
-        return None
-    return {name: tensor.detach().float().clone() for name, tensor in state.items()}
-
-
 def write_config(path: Path, engine: str, model_dir: str, data: str, plw: float) -> Path:
     """The Axolotl YAML (JSON is valid YAML) of one run; DeepSpeed's config goes in a file of its own."""
     path.mkdir(parents=True, exist_ok=True)
@@ -114,7 +101,7 @@ def write_config(path: Path, engine: str, model_dir: str, data: str, plw: float)
         "base_model": model_dir, "datasets": [{**ALPACA, "path": data}],
         "output_dir": str(path / "out"), "dataset_prepared_path": str(path / "prepared"),
         "micro_batch_size": ROWS if engine == "single" else ROWS // 2,
-        "ddp_backend": "gloo", "plugins": [PLUGIN], "prompt_loss_weight": plw,
+        "plugins": [PLUGIN], "prompt_loss_weight": plw,
     }
     config_path = path / "config.yml"
     config_path.write_text(json.dumps(config, indent=2))
@@ -162,7 +149,7 @@ def main(engine: str, model_dir: str, data: str, output_dir: str) -> None:
     def execute_and_save(cfg, trainer, resume_from_checkpoint):
         execute_training(cfg, trainer, resume_from_checkpoint)
         assert trainer.state.global_step == 1, trainer.state.global_step
-        state = full_state(trainer)
+        state = full_parameters(trainer)
         if state is not None:
             kind = trainer.accelerator.distributed_type.value
             record = {"parameters": state, "distributed_type": kind, "processes": trainer.accelerator.num_processes,
@@ -177,7 +164,7 @@ def main(engine: str, model_dir: str, data: str, output_dir: str) -> None:
         axolotl.utils.distributed.distributed_state = None
         cfg = load_cfg(str(write_config(output / f"run-{plw}", engine, model_dir, data, plw)))
         if engine != "single":
-            cfg.device_map = None  # Axolotl maps each rank to device LOCAL_RANK, a GPU index
+            cfg.device_map = None
         do_train(cfg, TrainerCliArgs())
 
 
