@@ -4,7 +4,8 @@ What it patches and why: accelerate's ``AcceleratorState.__init__`` switches to 
 GPU-type multi-process state and to DeepSpeed only when not on CPU; on CPU it quietly runs DDP
 instead (accelerate/state.py, "ACCELERATE_USE_DEEPSPEED ... and not cpu" and the list of MULTI_GPU
 -like types before the FSDP switch). The wrapper below lets the original run with ``cpu=False`` (the
-process group is already up with gloo, as ``use_cpu=True`` makes it) and then takes the FSDP branch
+process group is already up with gloo, as ``use_cpu=True`` makes it; where the host reset the process
+state before building its ``Accelerator``, as Axolotl's trainer does, the wrapper rebuilds it so) and then takes the FSDP branch
 that the original skips for ``MULTI_CPU``; it also sets the device to ``cpu`` (FSDP1 refuses
 ``cpu:0``). Nothing else in accelerate, transformers, TRL or the engines is touched, so what the
 tests exercise is the engines' real sharding, gathering and gradient reduction.
@@ -35,6 +36,8 @@ def allow_fsdp_and_deepspeed_on_cpu() -> None:
     @functools.wraps(original)
     def __init__(self, *args, cpu: bool = False, fsdp_plugin=None, **kwargs):
         os.environ.pop("ACCELERATE_USE_CPU", None)  # it forces cpu=True, which rules DeepSpeed out
+        if not PartialState._shared_state:  # reset by the host (Axolotl's trainer does): rebuild it on gloo
+            PartialState(cpu=True, backend="gloo")
         original(self, *args, cpu=False, fsdp_plugin=fsdp_plugin, **kwargs)
         if self.distributed_type == DistributedType.MULTI_CPU and fsdp_plugin is not None:
             self.distributed_type = DistributedType.FSDP
@@ -45,3 +48,20 @@ def allow_fsdp_and_deepspeed_on_cpu() -> None:
 
     __init__._plw_cpu_engines = True
     AcceleratorState.__init__ = __init__
+
+
+def full_parameters(trainer) -> dict[str, torch.Tensor] | None:
+    """Every parameter of a transformers ``Trainer``'s model after training, whole, in float32, on rank 0
+    (None elsewhere); a collective under FSDP and ZeRO-3, so every rank calls it."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = trainer.model_wrapped
+    if isinstance(model, FullyShardedDataParallel):
+        # accelerate's FSDP1 full state dict (offloaded to CPU) crashes in its clone on CPU-only processes.
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            state = {name.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for name, p in model.named_parameters()}
+    else:
+        state = trainer.accelerator.get_state_dict(model)
+    if not trainer.accelerator.is_main_process:
+        return None
+    return {name: tensor.detach().float().clone() for name, tensor in state.items()}

@@ -36,8 +36,14 @@ class PromptLossWeightPlugin(BasePlugin):
         return f"{ARGS_MODULE}.PromptLossWeightTrainingArgs"
 
     def get_training_args(self, cfg: Any) -> dict[str, Any]:
-        """The validated YAML values, copied onto the training arguments the trainer reads."""
-        return {key: cfg[key] for key in CONFIG_KEYS if cfg.get(key) is not None}
+        """The validated YAML values, copied onto the training arguments the trainer reads.
+
+        Also ``average_tokens_across_devices``, which Axolotl's builder turns off: with it off, each
+        rank would divide its loss by its own W, and the step across ranks would not be the step of
+        one process over the same rows. On, W is summed over ranks (one process: no effect).
+        """
+        values = {key: cfg[key] for key in CONFIG_KEYS if cfg.get(key) is not None}
+        return {**values, "average_tokens_across_devices": True}
 
     def get_trainer_cls(self, cfg: Any) -> type:
         """``AxolotlTrainer`` with the prompt-weighted loss."""

@@ -46,6 +46,7 @@ def test_the_training_arguments_carry_the_keys(load):
     cfg = load(**plugin(0.25, prompt_loss_weight_policy="cosine", prompt_loss_weight_final=0.5))
     assert PluginManager.get_instance().get_training_args(cfg) == {
         "prompt_loss_weight": 0.25, "prompt_loss_weight_policy": "cosine", "prompt_loss_weight_final": 0.5,
+        "average_tokens_across_devices": True,  # W summed over ranks (Axolotl turns it off)
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the CPU engine shim
-from cpu_engines import allow_fsdp_and_deepspeed_on_cpu  # noqa: E402
+from cpu_engines import allow_fsdp_and_deepspeed_on_cpu, full_parameters  # noqa: E402
 from trl_harness import train_one_step  # noqa: E402
 
 from plw_plugins.cli.builtin_data import instruction_rows  # noqa: E402
@@ -51,22 +51,6 @@ ENGINES: dict[str, dict[str, Any]] = {
 }
 
 
-def full_state(trainer) -> dict[str, torch.Tensor] | None:
-    """Every parameter, whole, on rank 0 (None elsewhere)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    model = trainer.model_wrapped
-    if isinstance(model, FullyShardedDataParallel):
-        # accelerate's FSDP1 full state dict (offloaded to CPU) crashes in its clone on CPU-only processes.
-        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
-            state = {name.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for name, p in model.named_parameters()}
-    else:
-        state = trainer.accelerator.get_state_dict(model)
-    if not trainer.accelerator.is_main_process:
-        return None
-    return {name: tensor.detach().float().clone() for name, tensor in state.items()}
-
-
 def main(engine: str, model_dir: str, output_dir: str, paths: str) -> None:
     allow_fsdp_and_deepspeed_on_cpu()
     output = Path(output_dir)
@@ -79,7 +63,7 @@ def main(engine: str, model_dir: str, output_dir: str, paths: str) -> None:
             )
             assert trainer.accelerator.num_processes == 2
             kind = trainer.accelerator.distributed_type.value
-            state = full_state(trainer)
+            state = full_parameters(trainer)
             if state is not None:
                 torch.save({"parameters": state, "distributed_type": kind}, output / f"{path}-{plw}.pt")
 
