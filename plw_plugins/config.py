@@ -1,4 +1,5 @@
-"""The configuration keys every adapter exposes, validated once, and the policy they resolve to."""
+"""The configuration keys every adapter exposes, validated once, and the weights they resolve to at
+each point of training."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .plugins import weight_policies
+from .roles import LossWeights, validate_completion_loss_weight, validate_loss_normalization
 from .validation import validate_policy_name, validate_prompt_loss_weight
 
 DEFAULT_PROMPT_LOSS_WEIGHT = 0.1
@@ -24,16 +26,31 @@ HELP = {
     "prompt_loss_weight_policy": "How the prompt loss weight evolves over training: constant, linear, cosine, "
     "or a policy registered by a plugin.",
     "prompt_loss_weight_final": "The prompt loss weight at the end of training, for the linear and cosine policies.",
+    "completion_loss_weight": "Weight of completion tokens (those the framework trains), in (0, 1]. Default 1.",
+    "system_loss_weight": "Weight of the content of system messages, in [0, 1]. Unset: prompt_loss_weight.",
+    "tool_loss_weight": "Weight of the content of tool messages (tool results), in [0, 1]. Unset: prompt_loss_weight.",
+    "template_loss_weight": "Weight of chat-template scaffolding and special tokens outside every message's content, "
+    "in [0, 1]. Unset: prompt_loss_weight.",
+    "history_loss_weight": "Weight of assistant turns before the last one, in [0, 1]. Unset: as the framework "
+    "labels them (trained: completion_loss_weight; masked: prompt_loss_weight).",
+    "loss_normalization": "What divides the weighted loss: 'weight_sum' (the sum of the weights over the optimiser "
+    "step) or 'token_count' (the number of tokens of weight above 0, as WIT normalises).",
 }
 
 
 @dataclass(frozen=True)
 class PromptLossWeightConfig:
-    """``prompt_loss_weight`` and the policy keys, validated at construction."""
+    """``prompt_loss_weight``, the policy keys, and the role and normalisation keys, validated at construction."""
 
     prompt_loss_weight: float = DEFAULT_PROMPT_LOSS_WEIGHT
     prompt_loss_weight_policy: str = "constant"
     prompt_loss_weight_final: float | None = None
+    completion_loss_weight: float = 1.0
+    system_loss_weight: float | None = None
+    tool_loss_weight: float | None = None
+    template_loss_weight: float | None = None
+    history_loss_weight: float | None = None
+    loss_normalization: str = "weight_sum"
     _policy: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,10 +84,25 @@ class PromptLossWeightConfig:
         weight = self._policy.weight_at(min(max(float(progress), 0.0), 1.0))
         return validate_prompt_loss_weight(weight, name=f"the weight of policy {self.prompt_loss_weight_policy!r}")
 
+    def loss_weights_at(self, progress: float) -> LossWeights:
+        """Every weight at training progress ``progress``: the scheduled prompt loss weight and the
+        fixed role weights and normalisation."""
+        return LossWeights(
+            prompt=self.weight_at(progress),
+            completion=self.completion_loss_weight,
+            system=self.system_loss_weight,
+            tool=self.tool_loss_weight,
+            template=self.template_loss_weight,
+            history=self.history_loss_weight,
+            normalization=self.loss_normalization,
+        )
+
     def largest_weight(self) -> float:
-        """The largest weight of training: the policy's weight at 1001 evenly spaced points of progress,
-        which include both ends, where the built-in policies are largest."""
-        return max(self.weight_at(step / LARGEST_WEIGHT_STEPS) for step in range(LARGEST_WEIGHT_STEPS + 1))
+        """The largest weight of a prompt-side token over training: the policy's weight at 1001 evenly
+        spaced points of progress, which include both ends, where the built-in policies are largest,
+        and the role weights."""
+        largest = max(self.weight_at(step / LARGEST_WEIGHT_STEPS) for step in range(LARGEST_WEIGHT_STEPS + 1))
+        return max(largest, self.loss_weights_at(0.0).largest())
 
 
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PromptLossWeightConfig) if f.init)
@@ -85,6 +117,12 @@ KEY_CHECKS: dict[str, Callable[..., Any]] = {
     "prompt_loss_weight": validate_prompt_loss_weight,
     "prompt_loss_weight_policy": validate_policy_name,
     "prompt_loss_weight_final": _optional_weight,
+    "completion_loss_weight": validate_completion_loss_weight,
+    "system_loss_weight": _optional_weight,
+    "tool_loss_weight": _optional_weight,
+    "template_loss_weight": _optional_weight,
+    "history_loss_weight": _optional_weight,
+    "loss_normalization": validate_loss_normalization,
 }
 """The type and range check of each key on its own, before any conversion: what an adapter runs on
 the raw value a user wrote (so that a YAML ``true`` or ``"0.1"`` fails as it does in Python)."""

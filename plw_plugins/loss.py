@@ -1,9 +1,11 @@
 """The prompt-weighted causal-LM loss: ``sum_i w_i * nll_i / W``.
 
 ``w_i`` is 1 on completion targets, the prompt loss weight on prompt targets and 0 elsewhere
-(see ``masks.py``). ``W`` is the ``normalizer`` when given, which adapters set to the weight sum of
-the whole optimiser step (every micro-batch on every rank), else the weight sum of this call.
-Arithmetic is fp32 whatever the dtype of the inputs.
+(see ``masks.py``), refined by role and per-message weights where the batch carries them
+(``roles.LossWeights``). ``W`` is the ``normalizer`` when given, which adapters set to W of the
+whole optimiser step (every micro-batch on every rank), else W of this call: the weight sum, or the
+count of weighted targets under ``normalization="token_count"``. Every function takes the weights as
+a bare prompt loss weight or as ``LossWeights``. Arithmetic is fp32 whatever the dtype of the inputs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from .chunked import default_chunk_size, score_rows, weighted_linear_cross_entropy
 from .masks import LossMasks
-from .validation import validate_prompt_loss_weight
+from .roles import METRIC_ROLES, LossWeights
 
 Normalizer = float | int | Tensor | None
 
@@ -28,6 +30,8 @@ class PLWLoss:
     ``prompt_loss`` and ``completion_loss`` are mean NLLs over the tokens scored in each class
     (0 where none was); ``prompt_tokens`` and ``completion_tokens`` count those tokens, so that
     metrics can be averaged over many calls weighted by tokens. ``weight_sum`` is W of this call.
+    Where the masks carry roles, ``role_nll_sums`` and ``role_tokens`` hold the summed NLL and the
+    count of scored targets of each of ``roles.METRIC_ROLES``, in that order (else ``None``).
     """
 
     loss: Tensor
@@ -36,17 +40,19 @@ class PLWLoss:
     prompt_tokens: Tensor
     completion_tokens: Tensor
     weight_sum: Tensor
+    role_nll_sums: Tensor | None = None
+    role_tokens: Tensor | None = None
 
 
 def prompt_weighted_loss(
-    logits: Tensor, masks: LossMasks, prompt_loss_weight: float, *, normalizer: Normalizer = None
+    logits: Tensor, masks: LossMasks, prompt_loss_weight: float | LossWeights, *, normalizer: Normalizer = None
 ) -> PLWLoss:
     """The loss from materialised logits ``[B, T, V]``, the logit at ``t`` predicting token ``t + 1``.
 
     Costs what the framework's own cross-entropy costs: every row is scored, which also gives the
     prompt metric at a prompt loss weight of 0.
     """
-    plw = validate_prompt_loss_weight(prompt_loss_weight)
+    loss_weights = LossWeights.of(prompt_loss_weight)
     batch, steps = masks.shape
     if logits.dim() != 3 or tuple(logits.shape[:2]) != (batch, steps + 1):
         raise ValueError(
@@ -61,17 +67,17 @@ def prompt_weighted_loss(
     targets = F.pad(torch.where(scored, masks.targets, -100), (0, 1), value=-100)
     nll = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), reduction="none", ignore_index=-100)
     nll = nll.reshape(batch, steps + 1)[:, :-1]
-    weights = masks.weights(plw)
-    weight_sum = weights.sum()
+    weights = masks.weights(loss_weights)
+    weight_sum = _normalizer_sum(weights, loss_weights)
     loss = (weights * nll).sum() / _denominator(normalizer, weight_sum)
-    return _result(loss, nll.detach(), masks.prompt, masks.completion, weight_sum)
+    return _result(loss, nll.detach(), masks, masks.completion | masks.prompt, weight_sum)
 
 
 def prompt_weighted_loss_from_hidden(
     hidden_states: Tensor,
     lm_head_weight: Tensor,
     masks: LossMasks,
-    prompt_loss_weight: float,
+    prompt_loss_weight: float | LossWeights,
     *,
     lm_head_bias: Tensor | None = None,
     normalizer: Normalizer = None,
@@ -85,7 +91,7 @@ def prompt_weighted_loss_from_hidden(
     scored at all unless ``score_unweighted`` asks for their NLL (forward only, no gradient), so
     that ``prompt_loss`` can be reported; otherwise it is 0 with a ``prompt_tokens`` of 0.
     """
-    plw = validate_prompt_loss_weight(prompt_loss_weight)
+    loss_weights = LossWeights.of(prompt_loss_weight)
     batch, steps = masks.shape
     if hidden_states.dim() != 3 or tuple(hidden_states.shape[:2]) != (batch, steps + 1):
         raise ValueError(
@@ -107,8 +113,8 @@ def prompt_weighted_loss_from_hidden(
     scored = masks.completion | masks.prompt
     _check_targets(masks.targets, scored, vocab)
 
-    weights = masks.weights(plw)
-    weight_sum = weights.sum()
+    weights = masks.weights(loss_weights)
+    weight_sum = _normalizer_sum(weights, loss_weights)
     # Row r of the flat [B * T, H] view holds the hidden state that predicts target (r // T, r % T).
     flat_hidden = hidden_states.reshape(-1, hidden_size)
     row_of_target = torch.arange(batch * (steps + 1), device=hidden_states.device).reshape(batch, steps + 1)[:, :-1]
@@ -129,11 +135,11 @@ def prompt_weighted_loss_from_hidden(
             None if lm_head_bias is None else lm_head_bias.detach(), masks.targets[unweighted], chunk_size,
         )
         measured = scored
-    return _result(loss, nll, masks.prompt & measured, masks.completion & measured, weight_sum)
+    return _result(loss, nll, masks, measured, weight_sum)
 
 
 def prompt_weighted_loss_from_token_nll(
-    token_nll: Tensor, masks: LossMasks, prompt_loss_weight: float, *, normalizer: Normalizer = None,
+    token_nll: Tensor, masks: LossMasks, prompt_loss_weight: float | LossWeights, *, normalizer: Normalizer = None,
     scored: Tensor | None = None,
 ) -> PLWLoss:
     """The loss from per-target NLLs ``[B, T - 1]`` that a fused LM head already computed (TRL's).
@@ -141,19 +147,26 @@ def prompt_weighted_loss_from_token_nll(
     ``scored`` marks the targets whose NLL was computed (default: every prompt and completion
     target); the metrics count only those. Entries elsewhere are ignored.
     """
-    plw = validate_prompt_loss_weight(prompt_loss_weight)
+    loss_weights = LossWeights.of(prompt_loss_weight)
     if tuple(token_nll.shape) != tuple(masks.shape):
         raise ValueError(f"token_nll has shape {tuple(token_nll.shape)} but the masks have shape {tuple(masks.shape)}")
     measured = masks.completion | masks.prompt
     if scored is not None:
         measured = measured & scored
-    weights = masks.weights(plw)
+    weights = masks.weights(loss_weights)
     if scored is not None and bool(((weights > 0) & ~measured).any()):
         raise ValueError("scored leaves out targets of weight above 0; their NLL is needed for the loss")
-    weight_sum = weights.sum()
+    weight_sum = _normalizer_sum(weights, loss_weights)
     nll = torch.where(measured, token_nll.float(), torch.zeros((), device=token_nll.device))
     loss = (weights * nll).sum() / _denominator(normalizer, weight_sum)
-    return _result(loss, nll.detach(), masks.prompt & measured, masks.completion & measured, weight_sum)
+    return _result(loss, nll.detach(), masks, measured, weight_sum)
+
+
+def _normalizer_sum(weights: Tensor, loss_weights: LossWeights) -> Tensor:
+    """W of one call from its per-target weights (``LossMasks.weight_sum`` for the same masks)."""
+    if loss_weights.normalization == "token_count":
+        return (weights > 0).sum().float()
+    return weights.sum()
 
 
 def _denominator(normalizer: Normalizer, weight_sum: Tensor) -> Tensor:
@@ -176,9 +189,16 @@ def _check_targets(targets: Tensor, scored: Tensor, vocab: int) -> None:
         raise ValueError(f"target token id {bad} is outside the vocabulary of size {vocab}")
 
 
-def _result(loss: Tensor, nll: Tensor, prompt: Tensor, completion: Tensor, weight_sum: Tensor) -> PLWLoss:
+def _result(loss: Tensor, nll: Tensor, masks: LossMasks, measured: Tensor, weight_sum: Tensor) -> PLWLoss:
+    """The loss and its metrics over the ``measured`` targets (those whose NLL was computed)."""
+    prompt, completion = masks.prompt & measured, masks.completion & measured
     prompt_tokens = prompt.sum().float()
     completion_tokens = completion.sum().float()
+    role_nll_sums = role_tokens = None
+    if masks.roles is not None:
+        in_role = torch.stack([(masks.roles == role) & measured for role in METRIC_ROLES])
+        role_nll_sums = (nll.detach() * in_role).flatten(1).sum(1)
+        role_tokens = in_role.flatten(1).sum(1).float()
     return PLWLoss(
         loss=loss,
         prompt_loss=(nll * prompt).sum() / prompt_tokens.clamp(min=1),
@@ -186,4 +206,6 @@ def _result(loss: Tensor, nll: Tensor, prompt: Tensor, completion: Tensor, weigh
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         weight_sum=weight_sum.detach(),
+        role_nll_sums=role_nll_sums,
+        role_tokens=role_tokens,
     )

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .validation import check_same_shape, validate_prompt_loss_weight
+from .roles import MESSAGE_WEIGHTS_KEY, ROLES_KEY, LossWeights, Role
+from .validation import check_same_shape
 
 IGNORE_INDEX = -100
 
@@ -27,30 +28,62 @@ class LossMasks:
 
     Position ``t`` is the prediction made from the logit at input position ``t`` of token ``t + 1``.
     ``targets`` holds a real token id wherever ``completion`` or ``prompt`` is set (elsewhere it
-    holds an arbitrary valid id, 0, so that it can index a vocabulary safely).
+    holds an arbitrary valid id, 0, so that it can index a vocabulary safely). ``roles`` (``Role``
+    codes) and ``message_weights`` (``NO_MESSAGE_WEIGHT`` where none) are the target tokens' own,
+    when the batch carries them.
     """
 
     targets: Tensor
     completion: Tensor
     prompt: Tensor
+    roles: Tensor | None = None
+    message_weights: Tensor | None = None
 
     @property
     def shape(self) -> torch.Size:
         return self.targets.shape
 
-    def weights(self, prompt_loss_weight: float) -> Tensor:
-        """Per-target fp32 weights: 1 on completion, ``prompt_loss_weight`` on prompt, else 0."""
-        plw = validate_prompt_loss_weight(prompt_loss_weight)
-        return self.completion.float() + plw * self.prompt.float()
+    def weights(self, weights: float | LossWeights) -> Tensor:
+        """Per-target fp32 weights (a bare float is the prompt loss weight): ``completion`` on
+        completion, ``prompt`` on prompt, refined by role and message weight (see ``LossWeights``), 0
+        on targets that are neither."""
+        weights = LossWeights.of(weights)
+        if weights.completion == 1.0 and self.roles is None and self.message_weights is None:
+            return self.completion.float() + weights.prompt * self.prompt.float()
+        per_target = torch.where(self.completion, weights.completion, weights.prompt)
+        if self.roles is not None:
+            for role, weight in weights.masked_role_weights().items():
+                per_target = torch.where(self.prompt & (self.roles == role), weight, per_target)
+            if weights.history is not None:
+                per_target = torch.where(self.roles == Role.HISTORY, weights.history, per_target)
+        if self.message_weights is not None:
+            per_target = torch.where(self.message_weights >= 0, self.message_weights.float(), per_target)
+        return torch.where(self.completion | self.prompt, per_target, 0.0).float()
 
-    def weight_sum(self, prompt_loss_weight: float) -> Tensor:
-        """W of these tokens: completion count plus ``prompt_loss_weight`` times prompt count."""
-        plw = validate_prompt_loss_weight(prompt_loss_weight)
-        return self.completion.sum().float() + plw * self.prompt.sum().float()
+    def weight_sum(self, weights: float | LossWeights) -> Tensor:
+        """W of these targets, the loss's normaliser: the sum of their weights, or with
+        ``normalization="token_count"`` the number of targets of weight above 0."""
+        weights = LossWeights.of(weights)
+        if weights.completion == 1.0 and self.roles is None and self.message_weights is None:
+            per_target_sum = self.completion.sum().float() + weights.prompt * self.prompt.sum().float()
+            if weights.normalization == "weight_sum":
+                return per_target_sum
+        per_target = self.weights(weights)
+        if weights.normalization == "token_count":
+            return (per_target > 0).sum().float()
+        return per_target.sum()
+
+    def to(self, device: torch.device | str) -> LossMasks:
+        """The same masks on ``device``."""
+        return LossMasks(*(None if mask is None else mask.to(device) for mask in (
+            self.targets, self.completion, self.prompt, self.roles, self.message_weights
+        )))
 
     def flatten(self) -> LossMasks:
         """The same masks as one row of ``B * (T - 1)`` targets."""
-        return LossMasks(self.targets.reshape(-1), self.completion.reshape(-1), self.prompt.reshape(-1))
+        return LossMasks(*(None if mask is None else mask.reshape(-1) for mask in (
+            self.targets, self.completion, self.prompt, self.roles, self.message_weights
+        )))
 
 
 def build_loss_masks(
@@ -60,6 +93,8 @@ def build_loss_masks(
     attention_mask: Tensor | None = None,
     position_ids: Tensor | None = None,
     prompt_mask: Tensor | None = None,
+    roles: Tensor | None = None,
+    message_weights: Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> LossMasks:
     """Shift once and classify every next-token target as completion, prompt or neither.
@@ -73,12 +108,16 @@ def build_loss_masks(
         prompt_mask: ``[B, T]`` optional truer mask of the input tokens that may count as prompt,
             for frameworks that know it before padding and packing (Axolotl). It narrows the rule,
             it never widens it.
+        roles: ``[B, T]`` the ``Role`` of each input token (``plw_roles``), for role weights and metrics.
+        message_weights: ``[B, T]`` each input token's message ``weight`` from the data, or
+            ``NO_MESSAGE_WEIGHT`` (``plw_message_weights``).
         ignore_index: the label of untrained tokens.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape [batch, tokens], got shape {tuple(input_ids.shape)}")
     check_same_shape("labels", labels, "input_ids", input_ids)
-    for name, mask in (("attention_mask", attention_mask), ("position_ids", position_ids), ("prompt_mask", prompt_mask)):
+    for name, mask in (("attention_mask", attention_mask), ("position_ids", position_ids), ("prompt_mask", prompt_mask),
+                       (ROLES_KEY, roles), (MESSAGE_WEIGHTS_KEY, message_weights)):
         if mask is not None:
             check_same_shape(name, mask, "input_ids", input_ids)
 
@@ -98,19 +137,31 @@ def build_loss_masks(
 
     targets = torch.where(completion, next_labels, input_ids[:, 1:])
     targets = torch.where(completion | prompt, targets, torch.zeros_like(targets))
-    return LossMasks(targets=targets.long(), completion=completion, prompt=prompt)
+    return LossMasks(
+        targets=targets.long(), completion=completion, prompt=prompt,
+        roles=None if roles is None else roles[:, 1:].long(),
+        message_weights=None if message_weights is None else message_weights[:, 1:].float(),
+    )
 
 
-BATCH_MASK_KEYS = ("attention_mask", "position_ids", "prompt_mask")
+BATCH_MASK_KEYS = {
+    "attention_mask": "attention_mask",
+    "position_ids": "position_ids",
+    "prompt_mask": "prompt_mask",
+    ROLES_KEY: "roles",
+    MESSAGE_WEIGHTS_KEY: "message_weights",
+}
+"""The optional batch keys the masks read, and the ``build_loss_masks`` argument each one feeds."""
 
 
 def build_loss_masks_from_batch(batch: Mapping[str, Tensor], *, ignore_index: int = IGNORE_INDEX) -> LossMasks:
     """``build_loss_masks`` from a batch dict as the frameworks collate it (``input_ids``, ``labels``
-    and whichever of ``attention_mask``, ``position_ids``, ``prompt_mask`` it holds)."""
+    and whichever of ``attention_mask``, ``position_ids``, ``prompt_mask``, ``plw_roles``,
+    ``plw_message_weights`` it holds)."""
     missing = [key for key in ("input_ids", "labels") if key not in batch]
     if missing:
         raise ValueError(f"the batch has no {' or '.join(missing)}; it has {', '.join(sorted(batch))}")
-    masks = {key: batch[key] for key in BATCH_MASK_KEYS if batch.get(key) is not None}
+    masks = {argument: batch[key] for key, argument in BATCH_MASK_KEYS.items() if batch.get(key) is not None}
     return build_loss_masks(batch["input_ids"], batch["labels"], ignore_index=ignore_index, **masks)
 
 

@@ -17,12 +17,15 @@ from torch import Tensor
 
 from .loss import PLWLoss
 from .masks import IGNORE_INDEX, build_loss_masks_from_batch
+from .roles import LossWeights
 
 
 def step_weight_sum(
-    batches: Iterable[Mapping[str, Tensor]], prompt_loss_weight: float, *, ignore_index: int = IGNORE_INDEX
+    batches: Iterable[Mapping[str, Tensor]], prompt_loss_weight: float | LossWeights, *,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
-    """W over the micro-batches of one optimiser step on this rank (an fp32 scalar)."""
+    """W over the micro-batches of one optimiser step on this rank (an fp32 scalar): the weight sum, or
+    the count of weighted targets under ``normalization="token_count"``."""
     total = None
     for batch in batches:
         weight = build_loss_masks_from_batch(batch, ignore_index=ignore_index).weight_sum(prompt_loss_weight)

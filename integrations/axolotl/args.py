@@ -20,7 +20,7 @@ from .host_settings import check_loss_settings
 
 
 class PromptLossWeightArgs(BaseModel):
-    """``prompt_loss_weight`` and the policy keys, as Axolotl config keys.
+    """``prompt_loss_weight``, the policy keys and the role and normalisation keys, as Axolotl config keys.
 
     Every key is checked by the core on the value the YAML holds, before pydantic converts it (which
     would turn ``true`` into 1.0 and ``"0.1"`` into 0.1): the same check, and the same message, as
@@ -37,6 +37,22 @@ class PromptLossWeightArgs(BaseModel):
     prompt_loss_weight_final: float | None = Field(
         default=None, ge=0.0, le=1.0, json_schema_extra={"description": HELP["prompt_loss_weight_final"]}
     )
+    completion_loss_weight: float = Field(
+        default=1.0, gt=0.0, le=1.0, json_schema_extra={"description": HELP["completion_loss_weight"]}
+    )
+    system_loss_weight: float | None = Field(
+        default=None, ge=0.0, le=1.0, json_schema_extra={"description": HELP["system_loss_weight"]}
+    )
+    tool_loss_weight: float | None = Field(
+        default=None, ge=0.0, le=1.0, json_schema_extra={"description": HELP["tool_loss_weight"]}
+    )
+    template_loss_weight: float | None = Field(
+        default=None, ge=0.0, le=1.0, json_schema_extra={"description": HELP["template_loss_weight"]}
+    )
+    history_loss_weight: float | None = Field(
+        default=None, ge=0.0, le=1.0, json_schema_extra={"description": HELP["history_loss_weight"]}
+    )
+    loss_normalization: str = Field(default="weight_sum", json_schema_extra={"description": HELP["loss_normalization"]})
 
     @field_validator(*CONFIG_KEYS, mode="before")
     @classmethod
@@ -67,3 +83,9 @@ class PromptLossWeightTrainingArgs:
     prompt_loss_weight: float = field(default=DEFAULT_PROMPT_LOSS_WEIGHT, metadata={"help": HELP["prompt_loss_weight"]})
     prompt_loss_weight_policy: str = field(default="constant", metadata={"help": HELP["prompt_loss_weight_policy"]})
     prompt_loss_weight_final: float | None = field(default=None, metadata={"help": HELP["prompt_loss_weight_final"]})
+    completion_loss_weight: float = field(default=1.0, metadata={"help": HELP["completion_loss_weight"]})
+    system_loss_weight: float | None = field(default=None, metadata={"help": HELP["system_loss_weight"]})
+    tool_loss_weight: float | None = field(default=None, metadata={"help": HELP["tool_loss_weight"]})
+    template_loss_weight: float | None = field(default=None, metadata={"help": HELP["template_loss_weight"]})
+    history_loss_weight: float | None = field(default=None, metadata={"help": HELP["history_loss_weight"]})
+    loss_normalization: str = field(default="weight_sum", metadata={"help": HELP["loss_normalization"]})

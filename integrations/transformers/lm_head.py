@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from plw_plugins import LossMasks, PLWLoss, prompt_weighted_loss_from_hidden, prompt_weighted_loss_from_token_nll
+from plw_plugins.roles import LossWeights
 
 from .metrics import completion_token_statistics
 
@@ -37,7 +38,7 @@ class PLWRequest:
     accelerate pass it through untouched)."""
 
     masks: LossMasks
-    prompt_loss_weight: float
+    loss_weights: LossWeights
     normalizer: Tensor | float | None = None
     score_unweighted: bool = True
     completion_statistics: bool = False
@@ -49,7 +50,9 @@ class PLWRequest:
 @dataclass
 class PLWForwardOutput(ModelOutput):
     """The core's ``PLWLoss`` fields, plus TRL's completion-token statistics when asked for
-    (``entropy_sum`` and ``correct_tokens`` over completion targets, else ``None``)."""
+    (``entropy_sum`` and ``correct_tokens`` over completion targets, else ``None``).
+
+    ``loss`` must stay the first field: transformers reads a model output's loss as its first item."""
 
     loss: Tensor | None = None
     prompt_loss: Tensor | None = None
@@ -57,14 +60,22 @@ class PLWForwardOutput(ModelOutput):
     prompt_tokens: Tensor | None = None
     completion_tokens: Tensor | None = None
     weight_sum: Tensor | None = None
+    role_nll_sums: Tensor | None = None
+    role_tokens: Tensor | None = None
     entropy_sum: Tensor | None = None
     correct_tokens: Tensor | None = None
 
+    @classmethod
+    def of(cls, result: PLWLoss, entropy_sum: Tensor | None = None, correct_tokens: Tensor | None = None) -> PLWForwardOutput:
+        """The core's result with TRL's statistics beside it."""
+        return cls(**{f.name: getattr(result, f.name) for f in fields(PLWLoss)},
+                   entropy_sum=entropy_sum, correct_tokens=correct_tokens)
+
     def as_plw_loss(self) -> PLWLoss:
-        return PLWLoss(
-            loss=self.loss, prompt_loss=self.prompt_loss, completion_loss=self.completion_loss,
-            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, weight_sum=self.weight_sum,
-        )
+        return PLWLoss(**{f.name: getattr(self, f.name) for f in fields(PLWLoss)})
+
+
+OUTPUT_FIELDS = tuple(f.name for f in fields(PLWForwardOutput))
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -294,7 +305,7 @@ def _fused_head_forward(
     """
     _, head = check_lm_head(model)
     masks = request.masks
-    scored = masks.weights(request.prompt_loss_weight) > 0
+    scored = masks.weights(request.loss_weights) > 0
     if request.score_unweighted:
         scored = masks.completion | masks.prompt
     virtual = virtual_token_count(masks, args, kwargs)
@@ -308,20 +319,16 @@ def _fused_head_forward(
 
     log_probs, entropy, is_top1 = call_lm_head(head, score)
     device = log_probs.device
-    masks = LossMasks(masks.targets.to(device), masks.completion.to(device), masks.prompt.to(device))
+    masks = masks.to(device)
     result = prompt_weighted_loss_from_token_nll(
-        -log_probs[:, virtual:], masks, request.prompt_loss_weight, normalizer=request.normalizer,
+        -log_probs[:, virtual:], masks, request.loss_weights, normalizer=request.normalizer,
         scored=scored.to(device),
     )
     entropy_sum = correct_tokens = None
     if request.completion_statistics:
         entropy_sum = (entropy[:, virtual:].detach().float() * masks.completion).sum()
         correct_tokens = (is_top1[:, virtual:] & masks.completion).sum().float()
-    return PLWForwardOutput(
-        loss=result.loss, prompt_loss=result.prompt_loss, completion_loss=result.completion_loss,
-        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, weight_sum=result.weight_sum,
-        entropy_sum=entropy_sum, correct_tokens=correct_tokens,
-    )
+    return PLWForwardOutput.of(result, entropy_sum, correct_tokens)
 
 
 def _prompt_weighted_forward(model: nn.Module, request: PLWRequest, args: tuple, kwargs: dict) -> PLWForwardOutput:
@@ -337,23 +344,15 @@ def _prompt_weighted_forward(model: nn.Module, request: PLWRequest, args: tuple,
         # With the model split across devices, the body can end on another device than the head.
         device = linear.weight.device
         hidden = hidden.to(device)
-        masks = LossMasks(request.masks.targets.to(device), request.masks.completion.to(device),
-                          request.masks.prompt.to(device))
+        masks = request.masks.to(device)
         result = prompt_weighted_loss_from_hidden(
-            hidden, linear.weight, masks, request.prompt_loss_weight, lm_head_bias=linear.bias,
+            hidden, linear.weight, masks, request.loss_weights, lm_head_bias=linear.bias,
             normalizer=request.normalizer, score_unweighted=request.score_unweighted,
         )
         entropy_sum = correct_tokens = None
         if request.completion_statistics:
             entropy_sum, correct_tokens = completion_token_statistics(hidden, linear.weight, linear.bias, masks)
-        return (result.loss, result.prompt_loss, result.completion_loss, result.prompt_tokens,
-                result.completion_tokens, result.weight_sum, entropy_sum, correct_tokens)
+        output = PLWForwardOutput.of(result, entropy_sum, correct_tokens)
+        return tuple(getattr(output, name) for name in OUTPUT_FIELDS)  # engines' hooks follow tuples of tensors
 
-    loss, prompt_loss, completion_loss, prompt_tokens, completion_tokens, weight_sum, entropy_sum, correct_tokens = (
-        call_lm_head(head, weighted_loss, hidden)
-    )
-    return PLWForwardOutput(
-        loss=loss, prompt_loss=prompt_loss, completion_loss=completion_loss, prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens, weight_sum=weight_sum, entropy_sum=entropy_sum,
-        correct_tokens=correct_tokens,
-    )
+    return PLWForwardOutput(**dict(zip(OUTPUT_FIELDS, call_lm_head(head, weighted_loss, hidden))))

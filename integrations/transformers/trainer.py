@@ -13,10 +13,11 @@ from plw_plugins import LossMasks, PromptLossWeightConfig, build_loss_masks_from
 from plw_plugins.config import CONFIG_KEYS
 from plw_plugins.metrics import LossMetrics
 from plw_plugins.normalization import data_parallel_world_size
+from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, ROLES_KEY, LossWeights
 
 from .lm_head import PLWForwardOutput, PLWRequest, install_plw_forward
 
-BATCH_ONLY_KEYS = ("labels", "prompt_mask")
+BATCH_ONLY_KEYS = ("labels", "prompt_mask", ROLES_KEY, MESSAGE_WEIGHTS_KEY)
 """Batch keys that feed the loss masks but are not model inputs."""
 
 PAST_KEY_VALUE_PEFT_TYPES = ("PREFIX_TUNING", "CARTRIDGE")
@@ -99,8 +100,13 @@ class PromptLossWeightTrainerMixin:
     # ---- the prompt loss weight ---------------------------------------------------------------
 
     def current_prompt_loss_weight(self) -> float:
-        """The weight at the current training progress (``global_step / max_steps``)."""
+        """The prompt loss weight at the current training progress (``global_step / max_steps``)."""
         return self.plw_config.weight_at(training_progress(self.state.global_step, self.state.max_steps))
+
+    def current_loss_weights(self) -> LossWeights:
+        """Every weight at the current training progress: the scheduled prompt loss weight, the role
+        weights and the normalisation."""
+        return self.plw_config.loss_weights_at(training_progress(self.state.global_step, self.state.max_steps))
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Tensor | None:
         """W, the weight sum over this optimiser step's micro-batches, in place of the label count;
@@ -108,8 +114,8 @@ class PromptLossWeightTrainerMixin:
         batches = [batch for batch in batch_samples if isinstance(batch, Mapping) and "labels" in batch]
         if not batches:
             return None
-        plw = self.current_prompt_loss_weight()
-        total = sum(self.plw_loss_masks(batch).weight_sum(plw).to(device) for batch in batches)
+        weights = self.current_loss_weights()
+        total = sum(self.plw_loss_masks(batch).weight_sum(weights).to(device) for batch in batches)
         if self.args.average_tokens_across_devices:
             total = sum_across_ranks(total)
         return total
@@ -181,12 +187,12 @@ class PromptLossWeightTrainerMixin:
             raise ValueError(
                 f"the prompt loss weight needs input_ids and labels in every batch; this batch has {', '.join(sorted(inputs))}"
             )
-        weight = self.current_prompt_loss_weight()
+        weights = self.current_loss_weights()
         if self.model.training:
-            self._plw_last_train_weight = weight
+            self._plw_last_train_weight = weights.prompt
         request = PLWRequest(
             masks=self.plw_loss_masks(inputs),
-            prompt_loss_weight=weight,
+            loss_weights=weights,
             normalizer=normalizer,
             completion_statistics=self.plw_completion_statistics,
             fused_lm_head=self.plw_fused_lm_head,

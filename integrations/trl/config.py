@@ -14,12 +14,19 @@ from plw_plugins.config import CONFIG_KEYS, HELP, validate_config_value
 
 @dataclass
 class PLWSFTConfig(SFTConfig):
-    """``SFTConfig`` plus ``prompt_loss_weight`` and the weighting-policy keys, validated at construction
-    by the core's ``PromptLossWeightConfig``. Round-trips through ``to_dict()`` and ``TrlParser``."""
+    """``SFTConfig`` plus ``prompt_loss_weight``, the weighting-policy keys and the role and
+    normalisation keys, validated at construction by the core's ``PromptLossWeightConfig``.
+    Round-trips through ``to_dict()`` and ``TrlParser``."""
 
     prompt_loss_weight: float = field(default=DEFAULT_PROMPT_LOSS_WEIGHT, metadata={"help": HELP["prompt_loss_weight"]})
     prompt_loss_weight_policy: str = field(default="constant", metadata={"help": HELP["prompt_loss_weight_policy"]})
     prompt_loss_weight_final: float | None = field(default=None, metadata={"help": HELP["prompt_loss_weight_final"]})
+    completion_loss_weight: float = field(default=1.0, metadata={"help": HELP["completion_loss_weight"]})
+    system_loss_weight: float | None = field(default=None, metadata={"help": HELP["system_loss_weight"]})
+    tool_loss_weight: float | None = field(default=None, metadata={"help": HELP["tool_loss_weight"]})
+    template_loss_weight: float | None = field(default=None, metadata={"help": HELP["template_loss_weight"]})
+    history_loss_weight: float | None = field(default=None, metadata={"help": HELP["history_loss_weight"]})
+    loss_normalization: str = field(default="weight_sum", metadata={"help": HELP["loss_normalization"]})
 
     def __post_init__(self) -> None:
         self.prompt_loss_weight_config()
@@ -27,11 +34,7 @@ class PLWSFTConfig(SFTConfig):
 
     def prompt_loss_weight_config(self) -> PromptLossWeightConfig:
         """The validated core configuration of these keys."""
-        return PromptLossWeightConfig(
-            prompt_loss_weight=self.prompt_loss_weight,
-            prompt_loss_weight_policy=self.prompt_loss_weight_policy,
-            prompt_loss_weight_final=self.prompt_loss_weight_final,
-        )
+        return PromptLossWeightConfig(**{key: getattr(self, key) for key in CONFIG_KEYS})
 
 
 class PLWTrlParser(TrlParser):
