@@ -74,6 +74,37 @@ def test_core_snippet(tiny_model_dir):
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
 
+def test_chat_core_snippet_weighs_the_system_prompt_at_its_own_weight(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from plw_plugins import Role
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [
+        [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": row["prompt"]},
+         {"role": "assistant", "content": row["completion"]}]
+        for row in instruction_rows(3)
+    ]
+    namespace = {"conversations": conversations, "tokenizer": tokenizer, "model": model}
+    exec(snippet("chat-core"), namespace)
+    out, batch, masks = namespace["out"], namespace["batch"], namespace["masks"]
+    system_tokens = int(((batch["plw_roles"][:, 1:] == Role.SYSTEM) & masks.prompt).sum())
+    assert out.role_tokens[0].item() == system_tokens > 0
+    # The system tokens weigh 0: the loss is that of the same batch with them masked out of the prompt.
+    logits = namespace["logits"]
+    expected = _loss_without_system_prompt(logits, masks)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def _loss_without_system_prompt(logits, masks):
+    from plw_plugins import Role
+
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), masks.targets.flatten(), reduction="none")
+    weights = masks.completion.float() + 0.1 * (masks.prompt & (masks.roles != Role.SYSTEM)).float()
+    return (weights.flatten() * nll).sum() / weights.sum()
+
+
 def test_policy_snippet_registers_a_policy_that_the_config_uses():
     from plw_plugins import PromptLossWeightConfig
     from plw_plugins.plugins import get_plugin_manager
