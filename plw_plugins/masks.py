@@ -48,7 +48,7 @@ class LossMasks:
         completion, ``prompt`` on prompt, refined by role and message weight (see ``LossWeights``), 0
         on targets that are neither."""
         weights = LossWeights.of(weights)
-        if weights.completion == 1.0 and self.roles is None and self.message_weights is None:
+        if self._prompt_weight_only(weights):
             return self.completion.float() + weights.prompt * self.prompt.float()
         per_target = torch.where(self.completion, weights.completion, weights.prompt)
         if self.roles is not None:
@@ -64,7 +64,7 @@ class LossMasks:
         """W of these targets, the loss's normaliser: the sum of their weights, or with
         ``normalization="token_count"`` the number of targets of weight above 0."""
         weights = LossWeights.of(weights)
-        if weights.completion == 1.0 and self.roles is None and self.message_weights is None:
+        if self._prompt_weight_only(weights):
             per_target_sum = self.completion.sum().float() + weights.prompt * self.prompt.sum().float()
             if weights.normalization == "weight_sum":
                 return per_target_sum
@@ -72,6 +72,16 @@ class LossMasks:
         if weights.normalization == "token_count":
             return (per_target > 0).sum().float()
         return per_target.sum()
+
+    def _prompt_weight_only(self, weights: LossWeights) -> bool:
+        """Whether ``weights`` give these targets today's weights, 1 and the prompt loss weight: then W is
+        summed per class as before the roles existed, bit for bit (a sum over the targets' weights
+        can differ in the last bits), whatever roles a batch carries while no role key is set."""
+        if weights.completion != 1.0:
+            return False
+        if self.roles is not None and (weights.masked_role_weights() or weights.history is not None):
+            return False
+        return self.message_weights is None or not bool((self.message_weights >= 0).any())
 
     def to(self, device: torch.device | str) -> LossMasks:
         """The same masks on ``device``."""
