@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LightningCLI
 from plw_lightning_testlib import (
+    ROLE_KEYS,
     TRAINER_DEFAULTS,
     TinyLM,
     assert_gradients_close,
@@ -24,57 +25,31 @@ from plw_lightning_testlib import (
     load_model,
     load_tokenizer,
     loader,
+    make_chat_batch,
     parameters,
+    rows_of,
     trainer,
 )
+from test_lightning_ddp import run_two_ranks
 
-from plw_plugins import IGNORE_INDEX, Role, collate_conversations, tokenize_conversation
+from plw_plugins import IGNORE_INDEX, Role
 from plw_plugins.integrations.lightning import PromptLossWeight
 from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, ROLES_KEY
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-6)
-SYSTEM = {"role": "system", "content": "You are a careful calculator. Answer with the number only."}
-CONVERSATIONS = [
-    [
-        SYSTEM,
-        {"role": "user", "content": "What is 41 plus 17?"},
-        {"role": "assistant", "content": "58"},
-        {"role": "tool", "content": "calculator: 41 + 17 = 58"},
-        {"role": "user", "content": "And 58 minus 9?"},
-        {"role": "assistant", "content": "49"},
-    ],
-    [SYSTEM, {"role": "user", "content": "Is 4412 even or odd?"}, {"role": "assistant", "content": "even"}],
-    [
-        {**SYSTEM, "weight": 0.0},
-        {"role": "user", "content": "List the numbers from 3 to 6.", "weight": 0.5},
-        {"role": "assistant", "content": "3, 4, 5, 6", "weight": 0.25},
-        {"role": "user", "content": "Now from 7 to 9."},
-        {"role": "assistant", "content": "7, 8, 9", "weight": 1.0},
-    ],
-]
 CASES = {
     "message weights only": dict(prompt_loss_weight=0.1),
     "system 0": dict(prompt_loss_weight=0.1, system_loss_weight=0.0),
     "template 0": dict(prompt_loss_weight=0.1, template_loss_weight=0.0),
     "history 0": dict(prompt_loss_weight=0.1, history_loss_weight=0.0),
     "token count": dict(prompt_loss_weight=0.1, completion_loss_weight=0.5, loss_normalization="token_count"),
-    "every key": dict(
-        prompt_loss_weight=0.2, completion_loss_weight=0.5, system_loss_weight=0.0, tool_loss_weight=0.3,
-        template_loss_weight=0.05, history_loss_weight=0.6, loss_normalization="token_count",
-    ),
+    "every key": ROLE_KEYS,
 }
 
 
 @pytest.fixture(scope="module")
 def chat_batch(tiny_model_dir) -> dict[str, torch.Tensor]:
-    """The three conversations in one batch, tokenized with the tiny tokenizer's chat template."""
-    tokenizer = load_tokenizer(tiny_model_dir)
-    rows = [tokenize_conversation(messages, tokenizer, row=i) for i, messages in enumerate(CONVERSATIONS)]
-    return collate_conversations(rows, tokenizer.pad_token_id)
-
-
-def rows_of(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
-    return {key: value[rows] for key, value in batch.items()}
+    return make_chat_batch(load_tokenizer(tiny_model_dir))
 
 
 def without_roles(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -190,6 +165,17 @@ def test_accumulated_step_equals_one_batch(tiny_model_dir, chat_batch, case):
     assert_gradients_close(parameters(accumulated), parameters(single), rtol=0.0, atol=1e-6)
     reference = load_model(tiny_model_dir)
     assert_gradients_close(single.first_gradients, gradients(reference, hand_loss(reference, chat_batch, keys)), **TOLERANCE)
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_equal_one_batch(tiny_model_dir, chat_batch, tmp_path):
+    """Rows 0-1 on rank 0, row 2 on rank 1, every role key set and W a token count: the gradient of
+    one process on all three rows, and the hand computation's."""
+    ddp = run_two_ranks(tiny_model_dir, tmp_path / "ddp_roles.pt", "roles")
+    single, _ = first_step(tiny_model_dir, [chat_batch], ROLE_KEYS)
+    assert_gradients_close(ddp["gradients"], single.first_gradients, **TOLERANCE)
+    reference = load_model(tiny_model_dir)
+    assert_gradients_close(single.first_gradients, gradients(reference, hand_loss(reference, chat_batch, ROLE_KEYS)), **TOLERANCE)
 
 
 def test_role_metrics_in_fit_and_validate(tiny_model_dir, chat_batch):
