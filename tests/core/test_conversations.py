@@ -212,3 +212,19 @@ def test_a_template_that_drops_a_message_is_an_error(tokenizer):
     no_system = "{% for m in messages %}{% if m['role'] != 'system' %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endif %}{% endfor %}"
     with pytest.raises(ValueError, match=r"row 3, message 0 \(system\): its content is not in the chat template's rendering"):
         tokenize_conversation(CONVERSATION, tokenizer, row=3, chat_template=no_system)
+
+
+def test_content_given_as_parts(tokenizer):
+    """Each text part is placed on its own; a part of another type (an image) is template."""
+    template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'text' %}{{ p['text'] }}{% else %}<img>{% endif %}"
+        "{% endfor %}{% endif %}{{ '\\n' }}{% endfor %}"
+    )
+    parts = [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "user"}]
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": "ok"}]
+    row = tokenize_conversation(messages, tokenizer, chat_template=template)
+    assert runs(tokenizer, row) == [
+        ("<|user|>\n", X, False, N), ("a", P, False, N), ("<img>", X, False, N), ("user", P, False, N),
+        ("\n<|assistant|>\n", X, False, N), ("ok", C, True, N), ("\n", X, False, N),
+    ]
