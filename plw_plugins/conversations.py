@@ -84,7 +84,7 @@ def conversation_roles(
         )
     if labels is not None and len(labels) != len(ids):
         raise ValueError(f"row {row}: {len(labels)} labels for {len(ids)} tokens")
-    spans = _content_spans(text, messages, row)
+    spans = _content_spans(tokenizer, text, messages, template_kwargs, row)
     turn_ends = _turn_ends(tokenizer, messages, text, spans, template_kwargs)
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
 
@@ -125,7 +125,7 @@ def tokenize_conversation(
             raise ValueError(f"row {row}: the chat template's tokens differ from its rendered text's tokens")
         trained = [bool(bit) for bit in rendered["assistant_masks"]]
     else:
-        spans = _content_spans(text, list(messages), row)
+        spans = _content_spans(tokenizer, text, messages, template_kwargs, row)
         turn_ends = _turn_ends(tokenizer, messages, text, spans, template_kwargs)
         ranges = []
         for index, message in enumerate(messages):
@@ -177,27 +177,65 @@ def _texts(message: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _content_spans(text: str, messages: Sequence[Mapping[str, Any]], row: object) -> list[list[tuple[int, int]]]:
-    """Per message, where its content lies in ``text`` (searched in order, verbatim or stripped of
-    surrounding whitespace, as templates often strip it)."""
+def _content_spans(
+    tokenizer: Any, text: str, messages: Sequence[Mapping[str, Any]], template_kwargs: Mapping[str, Any], row: object,
+) -> list[list[tuple[int, int]]]:
+    """Per message, where its content lies in ``text``, verbatim or stripped of surrounding whitespace
+    (as templates often strip it).
+
+    Each piece is placed where the template puts it: the rendering with ``CONTENT_MARKER`` in its
+    place must equal ``text`` up to the marker, and ``text`` must go on with the piece there. A plain
+    search would find a short piece ("a", "e", "system") in the scaffolding before it (``<|assistant|>``,
+    ``<|im_end|>``, a role header). Where the marked rendering differs (a template that branches on
+    the content), the piece is searched for after the previous one.
+    """
     spans, cursor = [], 0
     for index, message in enumerate(messages):
         found = []
-        for piece in _texts(message):
-            for candidate in (piece, piece.strip()):
-                start = text.find(candidate, cursor) if candidate else -1
-                if start >= 0:
-                    found.append((start, start + len(candidate)))
-                    cursor = start + len(candidate)
-                    break
-            else:
-                if piece.strip():
-                    raise ValueError(
-                        f"row {row}, message {index} ({message.get('role')}): its content is not in the chat template's "
-                        "rendering, so its tokens cannot be given a role (does the template rewrite or drop it?)"
-                    )
+        for part, piece in enumerate(_texts(message)):
+            candidates = [candidate for candidate in dict.fromkeys((piece, piece.strip())) if candidate]
+            start, at = _marked_start(tokenizer, text, messages, index, part, template_kwargs), None
+            if start is not None and start >= cursor:
+                at = next((candidate for candidate in candidates if text.startswith(candidate, start)), None)
+            if at is None:
+                hits = [(text.find(candidate, cursor), candidate) for candidate in candidates]
+                start, at = next(((hit, candidate) for hit, candidate in hits if hit >= 0), (-1, None))
+            if at is not None:
+                found.append((start, start + len(at)))
+                cursor = start + len(at)
+            elif piece.strip():
+                raise ValueError(
+                    f"row {row}, message {index} ({message.get('role')}): its content is not in the chat template's "
+                    "rendering, so its tokens cannot be given a role (does the template rewrite or drop it?)"
+                )
         spans.append(found)
     return spans
+
+
+CONTENT_MARKER = "PLWCONTENTMARKER"
+"""Stands in for one piece of a message's content to find where the template renders it."""
+
+
+def _marked_start(
+    tokenizer: Any, text: str, messages: Sequence[Mapping[str, Any]], index: int, part: int,
+    template_kwargs: Mapping[str, Any],
+) -> int | None:
+    """Where the template puts text piece ``part`` of message ``index``: the marker's position in the
+    rendering with the marker in the piece's place, if that rendering equals ``text`` before it."""
+    message = dict(messages[index])
+    if isinstance(message.get("content"), str):
+        message["content"] = CONTENT_MARKER
+    else:
+        parts = [dict(p) if isinstance(p, Mapping) else p for p in message["content"]]
+        text_parts = [p for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        text_parts[part]["text"] = CONTENT_MARKER
+        message["content"] = parts
+    try:
+        marked = _render(tokenizer, [*messages[:index], message, *messages[index + 1 :]], template_kwargs)
+    except Exception:  # a template may refuse the marker (it validates content); fall back to searching
+        return None
+    start = marked.find(CONTENT_MARKER)
+    return start if start >= 0 and marked[:start] == text[:start] else None
 
 
 def _turn_ends(

@@ -24,7 +24,7 @@ from plw_plugins import (
     prompt_weighted_loss,
     prompt_weighted_loss_from_hidden,
 )
-from plw_plugins.config import HELP
+from plw_plugins.config import CONFIG_KEYS, HELP
 from plw_plugins.metrics import LossMetrics
 from plw_plugins.normalization import AccumulationWindow, scale_gradients
 
@@ -33,9 +33,17 @@ from .mixin import USAGE, PromptLossWeightMixin
 STATE_KEY = "plw_plugins.PromptLossWeight"
 METRIC_STAGES = ("train", "val", "test")
 
+
 class PromptLossWeightHooks:
     """Trains prompt tokens at a fractional weight: ``sum_i w_i * nll_i / W`` with ``w_i`` 1 on completion
     tokens and ``prompt_loss_weight`` on prompt tokens.
+
+    Chat batches that carry ``plw_roles`` / ``plw_message_weights`` (rows from
+    ``plw_plugins.tokenize_conversation``, batched by ``plw_plugins.collate_conversations``) give system,
+    tool, template and earlier-assistant tokens the weights ``system_loss_weight``... and single
+    messages their own ``weight``; ``loss_normalization="token_count"`` makes W the count of tokens of
+    weight above 0. Those batches also log ``train/system_loss``, ``train/tool_loss``,
+    ``train/template_loss`` and ``train/history_loss`` (and ``val/...``, ``test/...``) for the roles present.
 
     The module returns ``self.prompt_weighted_loss(output, batch)`` (see ``PromptLossWeightMixin``); this
     callback supplies the weight (following ``prompt_loss_weight_policy`` over
@@ -46,7 +54,7 @@ class PromptLossWeightHooks:
     several validation or test dataloaders each gets its own pair, under Lightning's suffix
     (``val/prompt_loss/dataloader_idx_1``).
 
-    ``W`` is the weight sum of the whole optimiser step: every micro-batch of an
+    ``W`` is the weight sum (or token count) of the whole optimiser step: every micro-batch of an
     ``accumulate_grad_batches`` window (the shorter last window of an epoch too) on every rank. Each
     micro-batch's loss is divided by a fixed quantity, and in ``on_before_optimizer_step`` (after AMP's
     unscaling, before gradient clipping) this callback rescales the accumulated gradients to the
@@ -70,11 +78,27 @@ class PromptLossWeightHooks:
         prompt_loss_weight: float = DEFAULT_PROMPT_LOSS_WEIGHT,
         prompt_loss_weight_policy: str = "constant",
         prompt_loss_weight_final: Optional[float] = None,
+        completion_loss_weight: float = 1.0,
+        system_loss_weight: Optional[float] = None,
+        tool_loss_weight: Optional[float] = None,
+        template_loss_weight: Optional[float] = None,
+        history_loss_weight: Optional[float] = None,
+        loss_normalization: str = "weight_sum",
     ) -> None:
         super().__init__()
-        self.config = PromptLossWeightConfig(prompt_loss_weight, prompt_loss_weight_policy, prompt_loss_weight_final)
+        self.config = PromptLossWeightConfig(
+            prompt_loss_weight=prompt_loss_weight,
+            prompt_loss_weight_policy=prompt_loss_weight_policy,
+            prompt_loss_weight_final=prompt_loss_weight_final,
+            completion_loss_weight=completion_loss_weight,
+            system_loss_weight=system_loss_weight,
+            tool_loss_weight=tool_loss_weight,
+            template_loss_weight=template_loss_weight,
+            history_loss_weight=history_loss_weight,
+            loss_normalization=loss_normalization,
+        )
         self.progress = 0.0
-        self._weight = self.config.weight_at(0.0)
+        self._weights = self.config.loss_weights_at(0.0)
         self._helper_called = False
         # One accumulator per stage and dataloader: (stage, None) with one dataloader, (stage, index) with several.
         self._metrics: dict[tuple[str, Optional[int]], LossMetrics] = {}
@@ -83,14 +107,15 @@ class PromptLossWeightHooks:
 
     # The Args section comes from the core's help text, the one source of every adapter's key help;
     # LightningCLI reads it for --help.
-    __init__.__doc__ = "The prompt loss weight and its policy, validated by the core.\n\nArgs:\n" + "".join(
-        f"    {key}: {text}\n" for key, text in HELP.items()
+    __init__.__doc__ = (
+        "The prompt loss weight, its policy, the role weights and the normalisation, validated by the core.\n\n"
+        "Args:\n" + "".join(f"    {key}: {text}\n" for key, text in HELP.items())
     )
 
     @property
     def prompt_loss_weight_now(self) -> float:
-        """The weight the policy gives at the current progress: what the next loss is computed with."""
-        return self._weight
+        """The prompt loss weight the policy gives at the current progress: what the next loss is computed with."""
+        return self._weights.prompt
 
     @property
     def state_key(self) -> str:
@@ -103,19 +128,19 @@ class PromptLossWeightHooks:
                 f"prompt_weighted_loss needs the batch as a dict with input_ids and labels, got {type(batch).__name__}"
             )
         masks = build_loss_masks_from_batch(batch)
-        weight = self._weight
+        weights = self._weights
         stage = _stage(trainer)
         normalizer = None
         if stage == "train":
             self._helper_called = True
             # Every rank reaches this line at every training step, so the window's collectives cannot hang.
-            normalizer = self._window.normalizer(masks.weight_sum(weight), _loss_division(trainer))
+            normalizer = self._window.normalizer(masks.weight_sum(weights), _loss_division(trainer))
         if lm_head is None:
-            result = prompt_weighted_loss(_logits_of(output), masks, weight, normalizer=normalizer)
+            result = prompt_weighted_loss(_logits_of(output), masks, weights, normalizer=normalizer)
         else:
             lm_head_weight, lm_head_bias = _lm_head_parameters(lm_head)
             result = prompt_weighted_loss_from_hidden(
-                _hidden_states_of(output), lm_head_weight, masks, weight, lm_head_bias=lm_head_bias, normalizer=normalizer
+                _hidden_states_of(output), lm_head_weight, masks, weights, lm_head_bias=lm_head_bias, normalizer=normalizer
             )
         if stage in METRIC_STAGES:
             dataloader_idx = None if stage == "train" else self._dataloader_idx
@@ -127,8 +152,9 @@ class PromptLossWeightHooks:
         self._dataloader_idx = None
 
     def _log_epoch(self, pl_module: Any, stage: str) -> None:
-        """Log ``{stage}/prompt_loss`` and ``{stage}/completion_loss`` over the epoch's tokens, one pair
-        per dataloader with Lightning's ``/dataloader_idx_{i}`` suffix when the stage has several."""
+        """Log ``{stage}/prompt_loss``, ``{stage}/completion_loss`` and the role losses present over the
+        epoch's tokens, one set per dataloader with Lightning's ``/dataloader_idx_{i}`` suffix when the
+        stage has several."""
         # Every rank runs the same epochs over the same dataloaders, so every rank joins each rank sum
         # inside pop(), in the same order.
         indices = sorted(index for key_stage, index in self._metrics if key_stage == stage and index is not None)
@@ -178,7 +204,7 @@ class PromptLossWeightHooks:
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # A tensor filled on the device: logging a Python float would copy it there and synchronise.
-        weight = torch.full((), self._weight, device=pl_module.device)
+        weight = torch.full((), self._weights.prompt, device=pl_module.device)
         pl_module.log("train/prompt_loss_weight", weight, on_step=True, on_epoch=False, batch_size=1)
         # After an optimiser step, so that checkpoints and validation see the weight of the next step.
         self._follow_schedule(trainer)
@@ -214,10 +240,12 @@ class PromptLossWeightHooks:
         self._log_epoch(pl_module, "test")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"progress": self.progress, "prompt_loss_weight": self._weight, "config": self._config_dict()}
+        return {"progress": self.progress, "prompt_loss_weight": self._weights.prompt, "config": self._config_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A checkpoint from before the role keys existed trained with their defaults.
         saved = state_dict.get("config", {})
+        saved = saved and {**_config_dict(PromptLossWeightConfig()), **saved}
         if saved and saved != self._config_dict():
             warnings.warn(
                 f"the checkpoint was trained with PromptLossWeight {saved}; resuming with {self._config_dict()} "
@@ -233,17 +261,17 @@ class PromptLossWeightHooks:
 
     def _set_progress(self, progress: float) -> None:
         self.progress = progress
-        self._weight = self.config.weight_at(progress)
+        self._weights = self.config.loss_weights_at(progress)
 
     def _config_dict(self) -> dict[str, Any]:
-        return {
-            "prompt_loss_weight": self.config.prompt_loss_weight,
-            "prompt_loss_weight_policy": self.config.prompt_loss_weight_policy,
-            "prompt_loss_weight_final": self.config.prompt_loss_weight_final,
-        }
+        return _config_dict(self.config)
 
     def __repr__(self) -> str:
-        settings = ", ".join(f"{key}={value!r}" for key, value in self._config_dict().items() if value is not None)
+        defaults = _config_dict(PromptLossWeightConfig())
+        settings = ", ".join(
+            f"{key}={value!r}" for key, value in self._config_dict().items()
+            if key in ("prompt_loss_weight", "prompt_loss_weight_policy") or value != defaults[key]
+        )
         return f"{type(self).__name__}({settings})"
 
 
@@ -256,6 +284,11 @@ def bind_callback(callback_base: type, module: str) -> type:
         (PromptLossWeightHooks, callback_base),
         {"__module__": module, "__qualname__": "PromptLossWeight", "__doc__": PromptLossWeightHooks.__doc__},
     )
+
+
+def _config_dict(config: PromptLossWeightConfig) -> dict[str, Any]:
+    """Every key's value, as checkpoints record them."""
+    return {key: getattr(config, key) for key in CONFIG_KEYS}
 
 
 def _loss_division(trainer: Any) -> int:

@@ -26,6 +26,11 @@ class PromptLossWeightMixin:
 
     The weight and the normaliser come from the ``PromptLossWeight`` callback of the module's trainer;
     without one the helper raises, rather than guess a weight.
+
+    Give the model only its inputs, ``self.model(input_ids=batch["input_ids"],
+    attention_mask=batch["attention_mask"])``, not ``self.model(**batch)``: ``labels`` would make a
+    Hugging Face model compute its own loss besides this one, and ``plw_roles`` /
+    ``plw_message_weights`` are for the loss only (a Hugging Face model swallows them unread).
     """
 
     def prompt_weighted_loss(
@@ -40,11 +45,15 @@ class PromptLossWeightMixin:
                 output (``.last_hidden_state``, e.g. ``self.model.model(...)`` for a Hugging Face
                 ``*ForCausalLM``).
             batch: the dict the model ran on: ``input_ids``, ``labels`` (``-100`` where the data
-                masks the prompt and padding), and ``attention_mask`` or ``position_ids`` (packed).
+                masks the prompt and padding), and ``attention_mask`` or ``position_ids`` (packed);
+                for chat data also ``plw_roles`` and ``plw_message_weights``, the role and message
+                weight of each token (``plw_plugins.tokenize_conversation`` makes them for a row,
+                ``plw_plugins.collate_conversations`` pads them into a batch).
             lm_head: the output layer (e.g. ``self.model.lm_head``) for the memory-lean path, which
                 never builds the full logits; the layer must be a plain linear map (no logit
-                soft-capping or scaling after it). At a prompt loss weight of 0 this path does not
-                score prompt tokens, so ``prompt_loss`` is not logged.
+                soft-capping or scaling after it). This path does not score tokens of weight 0, so
+                at a prompt loss weight of 0 ``prompt_loss`` is not logged (nor ``system_loss`` at a
+                ``system_loss_weight`` of 0...).
 
         Returns:
             The loss to return from the step, read as the batch's per-token mean (``sum_i w_i * nll_i /

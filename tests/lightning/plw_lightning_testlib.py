@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from plw_plugins import collate_conversations, tokenize_conversation
 from plw_plugins.integrations.lightning import PromptLossWeightMixin
 from plw_plugins.masks import IGNORE_INDEX
 
@@ -26,6 +27,45 @@ PROMPTS = [
     "### Instruction:\nIs 4412 even or odd?\n\n### Response:\n",
 ]
 COMPLETIONS = ["58", "positive", "3, 4, 5, 6, 7, 8, 9", "apple, bridge, candle, light, river, stone", "even"]
+
+
+# Chat rows for the role tests: a system prompt, user turns, a tool result, two assistant turns, and
+# one row with per-message weights.
+SYSTEM = {"role": "system", "content": "You are a careful calculator. Answer with the number only."}
+CONVERSATIONS = [
+    [
+        SYSTEM,
+        {"role": "user", "content": "What is 41 plus 17?"},
+        {"role": "assistant", "content": "58"},
+        {"role": "tool", "content": "calculator: 41 + 17 = 58"},
+        {"role": "user", "content": "And 58 minus 9?"},
+        {"role": "assistant", "content": "49"},
+    ],
+    [SYSTEM, {"role": "user", "content": "Is 4412 even or odd?"}, {"role": "assistant", "content": "even"}],
+    [
+        {**SYSTEM, "weight": 0.0},
+        {"role": "user", "content": "List the numbers from 3 to 6.", "weight": 0.5},
+        {"role": "assistant", "content": "3, 4, 5, 6", "weight": 0.25},
+        {"role": "user", "content": "Now from 7 to 9."},
+        {"role": "assistant", "content": "7, 8, 9", "weight": 1.0},
+    ],
+]
+ROLE_KEYS: dict[str, Any] = dict(
+    prompt_loss_weight=0.2, completion_loss_weight=0.5, system_loss_weight=0.0, tool_loss_weight=0.3,
+    template_loss_weight=0.05, history_loss_weight=0.6, loss_normalization="token_count",
+)
+"""Every role key set, each to a value of its own."""
+
+
+def make_chat_batch(tokenizer: Any) -> dict[str, torch.Tensor]:
+    """CONVERSATIONS in one batch, tokenized with the tokenizer's chat template (roles and message weights)."""
+    rows = [tokenize_conversation(messages, tokenizer, row=i) for i, messages in enumerate(CONVERSATIONS)]
+    return collate_conversations(rows, tokenizer.pad_token_id)
+
+
+def rows_of(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """Rows ``rows`` of a batch, every key."""
+    return {key: value[rows] for key, value in batch.items()}
 
 
 def encode(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
