@@ -164,6 +164,19 @@ def test_lightning_snippet(tmp_path, monkeypatch):
     assert float(trainer.callback_metrics["train/prompt_loss_weight"]) == pytest.approx(0.1)
 
 
+def test_chat_lightning_snippet_logs_the_system_prompt_loss(tmp_path, monkeypatch):
+    """As written: the built-in tiny model, one epoch of a chat with a system prompt at weight 0."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(snippet("chat-lightning"), namespace)
+    trainer = namespace["trainer"]
+    callback = next(c for c in trainer.callbacks if isinstance(c, namespace["PromptLossWeight"]))
+    assert trainer.global_step == 4
+    assert callback.config.system_loss_weight == 0.0
+    for name in ("train/system_loss", "train/template_loss", "train/completion_loss"):
+        assert math.isfinite(float(trainer.logged_metrics[name]))
+
+
 def test_the_license_is_the_mit_license_pyproject_names():
     assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text()
     text = (ROOT / "LICENSE").read_text()
