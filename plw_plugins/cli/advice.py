@@ -39,12 +39,14 @@ def advice(
     *,
     template_prompt_share: float = 0.0,
     template_tokens_per_row: float = 0.0,
+    role_paragraphs: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
     """Paragraphs of advice for data with these statistics: its regime, the weights the study found
     best for it, what a weight of 0 and of 1 risk, and what a large template means.
 
     ``generation_ratio`` and its mean of rows are the study's (content); ``prompt_tokens`` and
-    ``completion_tokens`` are the trained counts, template included, on which the loss shares depend."""
+    ``completion_tokens`` are the trained counts, template included, on which the loss shares depend.
+    ``role_paragraphs`` (from :func:`role_share_advice`) go before the closing share line and source."""
     share = {w: prompt_loss_share(prompt_tokens, completion_tokens, w) for w in SHOWN_WEIGHTS}
     share_line = ", ".join(f"PLW {w:g}: {100 * s:.1f}%" for w, s in share.items())
     paragraphs = []
@@ -101,6 +103,7 @@ def advice(
             "template more of each weight falls on your text (try it with --template)."
         )
     paragraphs += [
+        *role_paragraphs,
         f"Share of the loss on prompt tokens (template included) by weight: {share_line}.",
         f"Source: {CITATION} (LLaMA 1 and 2 7B, Alpaca-style data, PLW swept from 0 to 1).",
     ]

@@ -15,7 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from plw_plugins.config import DEFAULT_PROMPT_LOSS_WEIGHT, validate_config_value
+from plw_plugins.masks import LossMasks
 from plw_plugins.roles import LossWeights, Role
 
 TargetClass = tuple[int, bool, float]
@@ -67,10 +70,6 @@ def loss_weights_from_keys(values: Mapping[str, Any]) -> LossWeights:
 
 def class_weights(classes: list[TargetClass], weights: LossWeights) -> list[float]:
     """The weight of each target class under ``weights``, by the core's rule (see ``LossWeights``)."""
-    import torch
-
-    from plw_plugins.masks import LossMasks
-
     if not classes:
         return []
     roles, trained, message_weights = zip(*classes)

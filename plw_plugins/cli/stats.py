@@ -90,7 +90,7 @@ class DatasetStats:
     """Token statistics of a dataset, as ``plw-plugins stats --json`` prints them (less the raw lengths).
 
     ``prompt_*`` and ``completion_*`` count content, the study's way; ``trained_*`` and ``template_*``
-    count what the trainer trains."""
+    count what the trainer trains; ``loss_shares`` is each role's share of the loss at ``loss_weights``."""
 
     format: str
     rows: int
@@ -133,10 +133,11 @@ class DatasetStats:
             self.short_completion_row_share,
             template_prompt_share=self.template_prompt_share,
             template_tokens_per_row=self.template_tokens_per_row,
-        ) + role_share_advice(
-            {role: share.share for role, share in self.loss_shares.items()},
-            describe_weights(self.weights),
-            conversational=self.role_tokens is not None,
+            role_paragraphs=role_share_advice(
+                {role: share.share for role, share in self.loss_shares.items()},
+                describe_weights(self.weights),
+                conversational=self.role_tokens is not None,
+            ),
         )
 
     @property
