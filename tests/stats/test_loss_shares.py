@@ -174,6 +174,9 @@ def test_batched_roles_equal_the_cores(tiny_model_dir, template):
     weighted[2]["weight"], weighted[3]["content"] = 0.25, "  zeta eta \n"
     conversations = chat_rows(records, "Use the tools.") + [CONVERSATION, weighted]
     conversations += [row["messages"] for row in instruction_messages(10)]
+    # contents that also occur in the scaffolding ("system" in <|system|>): placed where the core places them
+    conversations.append([{"role": "system", "content": "system"}, {"role": "user", "content": "a"},
+                          {"role": "assistant", "content": "e"}])
     got, unlocated = conversation_tokens(conversations, tokenizer)
     assert unlocated == 0
     roles_seen = set()
