@@ -18,6 +18,8 @@ CITATION = (
 SHORT_COMPLETION_BELOW = 1.0
 SHOWN_WEIGHTS = (0.01, 0.1, 0.5, 1.0)
 TEMPLATE_ADVICE_FROM = 0.2  # the template's share of the trained prompt from which the advice speaks of it
+ROLE_ADVICE_FROM = 0.2  # a system prompt's or chat template's share of the loss from which the advice speaks of it
+KEY_PLACES = "PLWSFTConfig, the Axolotl YAML or the PromptLossWeight callback"
 STUDY_DATASETS = "AlpacaDataShort 0.08, AlpacaData 3.27, AlpacaDataCleaned 7.83"  # the study's Table 1
 
 
@@ -37,12 +39,14 @@ def advice(
     *,
     template_prompt_share: float = 0.0,
     template_tokens_per_row: float = 0.0,
+    role_paragraphs: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
     """Paragraphs of advice for data with these statistics: its regime, the weights the study found
     best for it, what a weight of 0 and of 1 risk, and what a large template means.
 
     ``generation_ratio`` and its mean of rows are the study's (content); ``prompt_tokens`` and
-    ``completion_tokens`` are the trained counts, template included, on which the loss shares depend."""
+    ``completion_tokens`` are the trained counts, template included, on which the loss shares depend.
+    ``role_paragraphs`` (from :func:`role_share_advice`) go before the closing share line and source."""
     share = {w: prompt_loss_share(prompt_tokens, completion_tokens, w) for w in SHOWN_WEIGHTS}
     share_line = ", ".join(f"PLW {w:g}: {100 * s:.1f}%" for w, s in share.items())
     paragraphs = []
@@ -99,7 +103,33 @@ def advice(
             "template more of each weight falls on your text (try it with --template)."
         )
     paragraphs += [
+        *role_paragraphs,
         f"Share of the loss on prompt tokens (template included) by weight: {share_line}.",
         f"Source: {CITATION} (LLaMA 1 and 2 7B, Alpaca-style data, PLW swept from 0 to 1).",
     ]
+    return paragraphs
+
+
+def role_share_advice(shares: dict[str, float], at: str, *, conversational: bool) -> list[str]:
+    """Paragraphs for roles that take a large share of the loss at the weights described by ``at``
+    (``shares``: each role's share of the loss's total weight): a system prompt, and in conversations
+    the chat template, with the key that leaves them out of the loss."""
+    paragraphs = []
+    system = shares.get("system", 0.0)
+    if system >= ROLE_ADVICE_FROM:
+        paragraphs.append(
+            f"SYSTEM PROMPT: {100 * system:.0f}% of the loss at {at} falls on system prompt tokens. Practitioners "
+            "report that a system prompt trained at any weight above 0 gets memorised verbatim: the same text in "
+            "every row is soon predicted almost perfectly and recited, and it still takes this share of each update. "
+            f"Set `system_loss_weight: 0` ({KEY_PLACES}; `--system-loss-weight 0` here shows the shares it leaves) "
+            "to keep the system prompt in the context but out of the loss; `prompt_loss_weight` still weighs the "
+            "user turns."
+        )
+    template = shares.get("template", 0.0)
+    if conversational and template >= ROLE_ADVICE_FROM:
+        paragraphs.append(
+            f"CHAT TEMPLATE: {100 * template:.0f}% of the loss at {at} falls on the chat template's scaffolding and "
+            "special tokens (role headers, turn markers), the same in every row. Set `template_loss_weight: 0` "
+            f"({KEY_PLACES}; `--template-loss-weight 0` here shows the shares it leaves) to leave them out of the loss."
+        )
     return paragraphs

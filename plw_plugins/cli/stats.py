@@ -15,6 +15,15 @@ Two counts, because they answer two questions:
 Each trained token is attributed to the field whose characters it covers most (character offsets in
 the rendered text), or to the template when it covers none, so that template and per-role counts
 add up exactly to what the trainer tokenises.
+
+- **Roles and loss shares**: every token's ``Role`` as the core defines it (``conversation_roles``:
+  system, user, tool, template scaffolding, earlier assistant turns, the final one; trained
+  scaffolding such as an assistant turn's end-of-turn token belongs to that turn), conversations
+  trained as ``SFTTrainer`` trains them with ``assistant_only_loss`` (every assistant turn). Text rows
+  are ``prompt`` and ``completion``, and the package's Alpaca template is ``template``. The share of
+  the loss each role takes at the weights of the command line follows the core's rule
+  (``loss_shares``). Counting is batched; a test checks it against the core's per-row helper token
+  by token.
 """
 
 from __future__ import annotations
@@ -23,20 +32,34 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from .advice import CITATION, advice
-from .datasets import FORMATS, DataError, PromptCompletionRows, read_records, template_argument, to_prompt_completion
+from plw_plugins.config import DEFAULT_PROMPT_LOSS_WEIGHT, HELP
+from plw_plugins.conversations import GENERATION_MARKER, ROLE_OF_MESSAGE, message_weights
+from plw_plugins.conversations import _turn_ends as core_turn_ends
+from plw_plugins.roles import NO_MESSAGE_WEIGHT, LossWeights, Role
 
+from .advice import CITATION, advice, role_share_advice
+from .datasets import FORMATS, DataError, PromptCompletionRows, read_records, template_argument, to_prompt_completion
+from .errors import fail
+from .loss_shares import WEIGHT_KEYS, RoleShare, loss_shares, loss_weights_from_keys
 
 RATIO = {"digits": 3}  # ratios print as 0.216 and shares as 82.2%: --json rounds them alike
 LENGTH = {"digits": 1}  # token lengths per row print as 298.8
-ROLES = ("system", "user", "tool", "history", "completion", "template")
-# the role_tokens key of each message role before the final assistant turn; any other role counts as user
-ROLE_OF = {"system": "system", "developer": "system", "tool": "tool", "function": "tool", "ipython": "tool", "assistant": "history"}
+ROLE_KEYS = {
+    Role.SYSTEM: "system",
+    Role.PROMPT: "user",
+    Role.TOOL: "tool",
+    Role.HISTORY: "history",
+    Role.COMPLETION: "completion",
+    Role.TEMPLATE: "template",
+}
+"""The ``role_tokens`` key of each role in conversations (the core's ``Role``: user turns are ``PROMPT``)."""
+ROLES = tuple(ROLE_KEYS.values())
 
 
 @dataclass
@@ -59,6 +82,7 @@ class TrainedTokens:
     template_prompt_lengths: list[int]
     role_tokens: dict[str, int] | None
     unlocated_messages: int = 0
+    target_classes: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -66,7 +90,7 @@ class DatasetStats:
     """Token statistics of a dataset, as ``plw-plugins stats --json`` prints them (less the raw lengths).
 
     ``prompt_*`` and ``completion_*`` count content, the study's way; ``trained_*`` and ``template_*``
-    count what the trainer trains."""
+    count what the trainer trains; ``loss_shares`` is each role's share of the loss at ``loss_weights``."""
 
     format: str
     rows: int
@@ -90,6 +114,8 @@ class DatasetStats:
     trained_prompt_token_share: float = field(metadata=RATIO)
     role_tokens: dict[str, int] | None
     unlocated_messages: int
+    loss_weights: dict[str, float | None]
+    loss_shares: dict[str, RoleShare]
     prompt_lengths: list[int] = field(repr=False)
     completion_lengths: list[int] = field(repr=False)
     trained_prompt_lengths: list[int] = field(repr=False)
@@ -107,7 +133,17 @@ class DatasetStats:
             self.short_completion_row_share,
             template_prompt_share=self.template_prompt_share,
             template_tokens_per_row=self.template_tokens_per_row,
+            role_paragraphs=role_share_advice(
+                {role: share.share for role, share in self.loss_shares.items()},
+                describe_weights(self.weights),
+                conversational=self.role_tokens is not None,
+            ),
         )
+
+    @property
+    def weights(self) -> LossWeights:
+        """The weights the loss shares are computed at."""
+        return LossWeights(**self.loss_weights)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: every number rounded to the digits the text report shows."""
@@ -124,6 +160,8 @@ def _rounded(value: Any, digits: int | None = None) -> Any:
     """A dataclass as a dict, its floats rounded by their fields' ``digits``; infinity as ``None``."""
     if is_dataclass(value):
         return {f.name: _rounded(getattr(value, f.name), f.metadata.get("digits")) for f in fields(value)}
+    if isinstance(value, dict):
+        return {key: _rounded(item, digits) for key, item in value.items()}
     if isinstance(value, float):
         return None if not math.isfinite(value) else round(value, digits) if digits is not None else value
     return value
@@ -179,7 +217,7 @@ def content_lengths(rows: list[dict[str, Any]], tokenizer: Any) -> tuple[list[in
     return [sum(lengths[a:b]) for a, b, _ in bounds], [sum(lengths[b:c]) for _, b, c in bounds]
 
 
-def _locate(text: str, pieces: list[tuple[str, str]]) -> tuple[list[tuple[int, int, str]], int]:
+def _locate(text: str, pieces: list[tuple[Any, str]]) -> tuple[list[tuple[int, int, Any]], int]:
     """Where each ``(label, content)`` lies in ``text``, searched in order: ``(start, end, label)``
     spans and the number of contents not found verbatim (nor stripped of surrounding whitespace)."""
     spans, cursor, missing = [], 0, 0
@@ -195,7 +233,7 @@ def _locate(text: str, pieces: list[tuple[str, str]]) -> tuple[list[tuple[int, i
     return spans, missing
 
 
-def _labels(tokens: Any, spans: list[tuple[int, int, str]]) -> Any:
+def _labels(tokens: Any, spans: list[tuple[int, int, Any]]) -> Any:
     """Each token's span, from its ``(start, end)`` character offsets (an n x 2 array): the index of
     the span it overlaps most, ``len(spans)`` (the template) where it overlaps none: scaffolding, and
     special tokens added outside the text."""
@@ -207,10 +245,15 @@ def _labels(tokens: Any, spans: list[tuple[int, int, str]]) -> Any:
     return np.where(overlap.max(axis=1) > 0, overlap.argmax(axis=1), len(spans))
 
 
-Layout = tuple[str, str, list[tuple[int, int, str]]]  # the prompt's text, the whole row's text, its content spans
+def _offsets(offset_mapping: list) -> Any:
+    """Token offsets of several rows as one n x 2 array (built at once, not row by row)."""
+    import numpy as np
+
+    flat = chain.from_iterable(chain.from_iterable(offset_mapping))
+    return np.fromiter(flat, dtype=np.int64).reshape(-1, 2)
 
 
-def _text_layout(row: dict[str, Any], eos: str) -> Layout:
+def _text_layout(row: dict[str, Any], eos: str) -> tuple[str, str, list[tuple[int, int, str]]]:
     """A text row as the trainer writes it: prompt, then prompt + completion + eos; the prompt's
     content is all of it, or the ranges a template filled in."""
     prompt, completion = row["prompt"], row["completion"]
@@ -220,65 +263,150 @@ def _text_layout(row: dict[str, Any], eos: str) -> Layout:
     return prompt, prompt + completion + ("" if completion.endswith(eos) else eos), spans
 
 
-def _chat_layouts(rows: list[dict[str, Any]], tokenizer: Any) -> tuple[list[Layout], int]:
-    """Conversations through the chat template: the prompt with the generation prompt, the whole
-    conversation, each message's content located by role; and how many contents were not found."""
+@dataclass
+class ConversationTokens:
+    """One conversation as ``SFTTrainer`` trains it with ``assistant_only_loss``: its tokens, which are
+    trained, and per token its ``Role`` code and message weight (``NO_MESSAGE_WEIGHT`` where none), as
+    the core's ``tokenize_conversation`` gives them; ``scaffolding`` marks the tokens in no message's
+    content (template and special tokens, before trained ones join their turn)."""
+
+    input_ids: list[int]
+    trained: Any
+    roles: Any
+    message_weights: Any
+    scaffolding: Any
+
+
+def conversation_tokens(conversations: list[list[dict[str, Any]]], tokenizer: Any) -> tuple[list[ConversationTokens], int]:
+    """Every conversation's tokens, trained mask, roles and message weights, identical to the core's
+    ``tokenize_conversation`` (which the tests check) but batched: one chat-template rendering and one
+    tokenizer call for all of them, the roles found with arrays. Also how many message contents do not
+    appear in the rendering (their tokens count as template, where the core would raise)."""
+    import numpy as np
+
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("conversational data needs a tokenizer with a chat template; this one has none")
-    conversations = [row["prompt"] + row["completion"] for row in rows]
-    prompts = tokenizer.apply_chat_template([row["prompt"] for row in rows], add_generation_prompt=True, tokenize=False)
-    layouts, unlocated = [], 0
-    for row, prompt, text, messages in zip(rows, prompts, tokenizer.apply_chat_template(conversations, tokenize=False), conversations):
-        roles = [ROLE_OF.get(m["role"], "user") for m in row["prompt"]] + ["completion"] * len(row["completion"])
-        spans, missing = _locate(text, [(role, m["content"]) for role, m in zip(roles, messages)])
-        layouts.append((prompt, text, spans))
+    markers = isinstance(tokenizer.chat_template, str) and bool(GENERATION_MARKER.search(tokenizer.chat_template))
+    texts = tokenizer.apply_chat_template(conversations, tokenize=False)
+    encoded = tokenizer.apply_chat_template(
+        conversations, tokenize=True, return_dict=True, return_assistant_tokens_mask=markers,
+        tokenizer_kwargs={"return_offsets_mapping": True},
+    )
+    offsets = _offsets(encoded["offset_mapping"])
+    result, unlocated, end = [], 0, 0
+    for row, (messages, text, ids) in enumerate(zip(conversations, texts, encoded["input_ids"])):
+        try:
+            weights = message_weights(messages, row=row)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        tokens, end = offsets[end : end + len(ids)], end + len(ids)
+        spans, missing = _locate(text, [(index, message["content"]) for index, message in enumerate(messages)])
         unlocated += missing
-    return layouts, unlocated
+        owner = np.asarray([index for _, _, index in spans] + [-1])[_labels(tokens, spans)]
+        scaffolding = owner < 0
+        turn_ends = None
+        if markers:
+            trained = np.asarray(encoded["assistant_masks"][row], dtype=bool)
+        else:  # as the core trains a template without {% generation %}: content and end of turn
+            turn_ends = _conversation_turn_ends(tokenizer, messages, text, spans)
+            trained = np.zeros(len(ids), dtype=bool)
+            for index, message in enumerate(messages):
+                start = next((a for a, _, label in spans if label == index), None)
+                if message["role"] == "assistant" and start is not None:
+                    stop = start + len(text[start : turn_ends[index]].rstrip())
+                    trained |= (tokens[:, 0] < stop) & (start < tokens[:, 1])
+        joins = scaffolding & trained  # trained scaffolding belongs to the turn that contains it
+        if joins.any():
+            turn_ends = turn_ends or _conversation_turn_ends(tokenizer, messages, text, spans)
+            turn = np.searchsorted(np.asarray(turn_ends), tokens[joins, 0], side="right")
+            owner[joins] = np.minimum(turn, len(messages) - 1)
+        last = max((index for index, message in enumerate(messages) if message["role"] == "assistant"), default=-1)
+        message_roles = [
+            Role.COMPLETION if index == last else Role.HISTORY if message["role"] == "assistant"
+            else ROLE_OF_MESSAGE.get(message["role"], Role.PROMPT)
+            for index, message in enumerate(messages)
+        ]
+        by_message = np.asarray([*message_roles, Role.TEMPLATE], dtype=np.int64)
+        weight_of = np.asarray([NO_MESSAGE_WEIGHT if w is None else w for w in weights] + [NO_MESSAGE_WEIGHT])
+        result.append(ConversationTokens(list(ids), trained, by_message[owner], weight_of[owner], scaffolding))
+    return result, unlocated
+
+
+def _conversation_turn_ends(tokenizer: Any, messages: list[dict[str, Any]], text: str, spans: list[tuple[int, int, int]]) -> list[int]:
+    """Where each message's turn ends in ``text``, as the core finds it."""
+    per_message = [[(a, b) for a, b, label in spans if label == index] for index in range(len(messages))]
+    return core_turn_ends(tokenizer, messages, text, per_message, {})
+
+
+def _count_targets(counts: Counter, roles: Any, trained: Any, weights: Any) -> None:
+    """Add one row's next-token targets (every token but the first) to ``counts`` by ``TargetClass``."""
+    import numpy as np
+
+    roles, trained, weights = roles[1:], trained[1:], weights[1:]
+    if (weights == NO_MESSAGE_WEIGHT).all():
+        for code, count in enumerate(np.bincount(2 * roles + trained, minlength=2 * len(Role)).tolist()):
+            if count:
+                counts[code // 2, bool(code % 2), NO_MESSAGE_WEIGHT] += count
+        return
+    keys, tally = np.unique(np.stack([2 * roles + trained, weights]), axis=1, return_counts=True)
+    for (code, weight), count in zip(keys.T.tolist(), tally.tolist()):
+        counts[int(code) // 2, bool(int(code) % 2), weight] += count
+
+
+def _split(result: TrainedTokens, i: int, prompt_ids: list[int], ids: list[int], scaffolding: Any) -> int:
+    """Record row ``i``'s prompt, completion and prompt-template lengths; return the prompt length:
+    the completion starts where the prompt's tokens and the whole row's first differ."""
+    n = _common_prefix_length(prompt_ids, ids)
+    result.prompt_lengths[i], result.completion_lengths[i] = n, len(ids) - n
+    result.template_prompt_lengths[i] = int(scaffolding[:n].sum())
+    return n
 
 
 def trained_tokens(rows: list[dict[str, Any]], tokenizer: Any) -> TrainedTokens:
     """Prompt and completion token counts of prompt-completion rows as ``SFTTrainer`` tokenises them
     (text prompts with the tokenizer's own special tokens and an eos appended to the completion;
-    message lists through the chat template), the template tokens of each prompt, and the
-    conversations' tokens by role. Batched: two tokenizer calls per kind of row."""
+    message lists through the chat template), the template tokens of each prompt, the conversations'
+    tokens by role, and every row's next-token targets by ``TargetClass``. Batched."""
     import numpy as np
 
     chat_index = [i for i, row in enumerate(rows) if isinstance(row["prompt"], list)]
     text_index = [i for i, row in enumerate(rows) if not isinstance(row["prompt"], list)]
-    layouts: list[Layout] = [("", "", [])] * len(rows)
-    for i in text_index:
-        layouts[i] = _text_layout(rows[i], tokenizer.eos_token or "")
-    unlocated = 0
-    if chat_index:
-        chat_layouts, unlocated = _chat_layouts([rows[i] for i in chat_index], tokenizer)
-        for i, layout in zip(chat_index, chat_layouts):
-            layouts[i] = layout
-
     count = len(rows)
-    result = TrainedTokens([0] * count, [0] * count, [0] * count, dict.fromkeys(ROLES, 0) if chat_index else None, unlocated)
-    for index, special in ((text_index, True), (chat_index, False)):  # the chat template writes its own special tokens
-        if not index:
-            continue
-        prompt_ids = tokenizer([layouts[i][0] for i in index], add_special_tokens=special)["input_ids"]
-        full = tokenizer([layouts[i][1] for i in index], add_special_tokens=special, return_offsets_mapping=True)
-        flat = chain.from_iterable(chain.from_iterable(full["offset_mapping"]))  # one array, not one per row
-        offsets = np.fromiter(flat, dtype=np.int64).reshape(-1, 2)
-        ends = np.cumsum([len(ids) for ids in full["input_ids"]]).tolist()
-        for i, p, f, end in zip(index, prompt_ids, full["input_ids"], ends):
-            spans = layouts[i][2]
-            labels = _labels(offsets[end - len(f) : end], spans)
-            n = _common_prefix_length(p, f)
-            result.prompt_lengths[i], result.completion_lengths[i] = n, len(f) - n
-            result.template_prompt_lengths[i] = int((labels[:n] == len(spans)).sum())
-            if not special:
-                counts = np.bincount(labels, minlength=len(spans) + 1).tolist()
-                for (_, _, role), tokens in zip([*spans, (0, 0, "template")], counts):
-                    result.role_tokens[role] += tokens
+    result = TrainedTokens([0] * count, [0] * count, [0] * count, dict.fromkeys(ROLES, 0) if chat_index else None)
+    if text_index:
+        layouts = [_text_layout(rows[i], tokenizer.eos_token or "") for i in text_index]
+        prompt_ids = tokenizer([prompt for prompt, _, _ in layouts], add_special_tokens=True)["input_ids"]
+        full = tokenizer([text for _, text, _ in layouts], add_special_tokens=True, return_offsets_mapping=True)
+        offsets = _offsets(full["offset_mapping"])
+        end = 0
+        for i, (_, _, spans), p, ids in zip(text_index, layouts, prompt_ids, full["input_ids"]):
+            labels, end = _labels(offsets[end : end + len(ids)], spans), end + len(ids)
+            scaffolding = labels == len(spans)
+            n = _split(result, i, p, ids, scaffolding)
+            # the prompt is one role; where the package wrote a template around the data, its text is template
+            templated = getattr(rows[i], "content_spans", None) is not None
+            roles = np.where(scaffolding & templated, Role.TEMPLATE, Role.PROMPT)
+            trained = np.arange(len(ids)) >= n
+            roles[trained] = Role.COMPLETION
+            _count_targets(result.target_classes, roles, trained, np.full(len(ids), NO_MESSAGE_WEIGHT))
+    if chat_index:
+        conversations, result.unlocated_messages = conversation_tokens(
+            [rows[i]["prompt"] + rows[i]["completion"] for i in chat_index], tokenizer
+        )
+        prompts = tokenizer.apply_chat_template([rows[i]["prompt"] for i in chat_index], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # the chat template writes its own special tokens
+        for i, p, conversation in zip(chat_index, prompt_ids, conversations):
+            _split(result, i, p, conversation.input_ids, conversation.scaffolding)
+            _count_targets(result.target_classes, conversation.roles, conversation.trained, conversation.message_weights)
+            for role, tokens in enumerate(np.bincount(conversation.roles, minlength=len(Role)).tolist()):
+                result.role_tokens[ROLE_KEYS[Role(role)]] += tokens
     return result
 
 
-def compute_stats(data: PromptCompletionRows, tokenizer: Any) -> DatasetStats:
-    """The statistics of already converted rows; raises :class:`DataError` when no row is usable."""
+def compute_stats(data: PromptCompletionRows, tokenizer: Any, weights: LossWeights | None = None) -> DatasetStats:
+    """The statistics of already converted rows, the loss shares at ``weights`` (default: the package's
+    prompt loss weight, every other key unset); raises :class:`DataError` when no row is usable."""
+    weights = weights or loss_weights_from_keys({})
     if not data.rows:
         reasons = ", ".join(f"{count} {reason}" for reason, count in data.skipped.most_common()) or "no records"
         raise DataError(f"no usable rows in the {data.format} data ({reasons})")
@@ -312,6 +440,8 @@ def compute_stats(data: PromptCompletionRows, tokenizer: Any) -> DatasetStats:
         trained_prompt_token_share=trained_prompt / (trained_prompt + trained_completion),
         role_tokens=trained.role_tokens,
         unlocated_messages=trained.unlocated_messages,
+        loss_weights={name: getattr(weights, name) for name in WEIGHT_KEYS.values()},
+        loss_shares=loss_shares(trained.target_classes, weights),
         prompt_lengths=prompt_lengths,
         completion_lengths=completion_lengths,
         trained_prompt_lengths=trained.prompt_lengths,
@@ -335,15 +465,17 @@ def dataset_stats(
     data_format: str | None = None,
     template: str | None = None,
     split: str | None = None,
+    weights: LossWeights | None = None,
 ) -> DatasetStats:
-    """Statistics of the dataset at ``path`` (JSON, JSON Lines or a saved dataset folder).
+    """Statistics of the dataset at ``path`` (JSON, JSON Lines or a saved dataset folder), with the
+    loss shares by role at ``weights``.
 
     ``tokenizer`` is a tokenizer object or a path or hub name to load one from.
     """
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
     records = read_records(path, split=split)
-    return compute_stats(to_prompt_completion(records, data_format, template=template), tokenizer)
+    return compute_stats(to_prompt_completion(records, data_format, template=template), tokenizer, weights)
 
 
 ROLE_NAMES = {
@@ -403,8 +535,44 @@ def format_report(stats: DatasetStats, source: str = "") -> str:
                 "their tokens are counted as template.",
                 "",
             ]
+    lines += _share_rows(stats)
     lines += [paragraph + "\n" for paragraph in stats.advice()]
     return "\n".join(lines).rstrip() + "\n"
+
+
+SHARE_NAMES = {
+    "system": "system prompt",
+    "prompt": "prompt",
+    "tool": "tool results",
+    "template": "template and special tokens",
+    "history": "earlier assistant turns",
+    "completion": "completion",
+}
+CHAT_SHARE_NAMES = {**SHARE_NAMES, "prompt": "user turns", "completion": "final assistant turn"}
+
+
+def describe_weights(weights: LossWeights) -> str:
+    """``prompt_loss_weight 0.1`` and every other key set away from its default, as the user wrote them."""
+    defaults = LossWeights(prompt=weights.prompt)
+    return ", ".join(
+        f"{key} {getattr(weights, name):g}"
+        for key, name in WEIGHT_KEYS.items()
+        if name == "prompt" or getattr(weights, name) != getattr(defaults, name)
+    )
+
+
+def _share_rows(stats: DatasetStats) -> list[str]:
+    """The loss share table: each role's next-token targets, their weight and share of the loss."""
+    conversational = stats.role_tokens is not None
+    names = CHAT_SHARE_NAMES if conversational else SHARE_NAMES
+    trained = "every assistant turn trained, as with assistant_only_loss" if conversational else "the completion trained"
+    lines = [
+        f"loss share by role at {describe_weights(stats.weights)} ({trained})",
+        f"{'':<34}{'targets':>12}{'weight':>12}{'share':>9}",
+    ]
+    for role, share in stats.loss_shares.items():
+        lines.append(f"{'  ' + names[role]:<34}{share.targets:>12,}{share.weight:>12.3f}{100 * share.share:>8.1f}%")
+    return lines + [""]
 
 
 def plot_lengths(stats: DatasetStats, path: str | Path, title: str = "") -> None:
@@ -460,6 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", help="the split of a saved DatasetDict (default: train)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    weights = parser.add_argument_group(
+        "loss weights", "the weights at which the loss share of each role is reported, as the training keys of the "
+        "same names set them (unset: as the trainer does by default)"
+    )
+    for key in WEIGHT_KEYS:
+        default = f" (default {DEFAULT_PROMPT_LOSS_WEIGHT:g})" if key == "prompt_loss_weight" else ""
+        weights.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="W", help=HELP[key] + default)
     parser.add_argument("--plot", metavar="FILE.png", help="write prompt and completion length histograms (needs matplotlib; makes the folder)")
     return parser
 
@@ -467,11 +642,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        weights = loss_weights_from_keys({key: getattr(args, key) for key in WEIGHT_KEYS})
+    except ValueError as error:
+        return fail("stats", error)
+    try:
         template = template_argument(args.template)
-        stats = dataset_stats(args.data, args.tokenizer, data_format=args.format, template=template, split=args.split)
+        stats = dataset_stats(
+            args.data, args.tokenizer, data_format=args.format, template=template, split=args.split, weights=weights
+        )
     except DataError as error:
-        print(f"plw-plugins stats: error: {error}", file=sys.stderr)
-        return 2
+        return fail("stats", error)
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
     else:
