@@ -40,6 +40,7 @@ from typing import Any
 
 from plw_plugins.config import DEFAULT_PROMPT_LOSS_WEIGHT, HELP
 from plw_plugins.conversations import GENERATION_MARKER, ROLE_OF_MESSAGE, message_weights
+from plw_plugins.conversations import _content_spans as core_content_spans
 from plw_plugins.conversations import _turn_ends as core_turn_ends
 from plw_plugins.roles import NO_MESSAGE_WEIGHT, LossWeights, Role
 
@@ -300,8 +301,12 @@ def conversation_tokens(conversations: list[list[dict[str, Any]]], tokenizer: An
         except ValueError as error:
             raise DataError(str(error)) from None
         tokens, end = offsets[end : end + len(ids)], end + len(ids)
-        spans, missing = _locate(text, [(index, message["content"]) for index, message in enumerate(messages)])
-        unlocated += missing
+        try:  # where the core places each message's content
+            located = core_content_spans(tokenizer, text, messages, {}, row)
+            spans = [(a, b, index) for index, found in enumerate(located) for a, b in found]
+        except ValueError:  # a content the template drops or rewrites: counted, its tokens left to the template
+            spans, missing = _locate(text, [(index, message["content"]) for index, message in enumerate(messages)])
+            unlocated += missing
         owner = np.asarray([index for _, _, index in spans] + [-1])[_labels(tokens, spans)]
         scaffolding = owner < 0
         turn_ends = None
