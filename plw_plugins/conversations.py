@@ -8,7 +8,8 @@ a tool call rendered by the template) belongs to the turn that contains it, foun
 conversation's first k messages, which most templates render as a prefix of the whole.
 
 ``tokenize_conversation`` builds a training row from scratch (for Lightning and custom loops);
-``conversation_roles`` gives the roles of a row the host framework already tokenised. Both take any
+``conversation_roles`` gives the roles of a row the host framework already tokenised, and
+``templated_text_roles`` those of a prompt-completion text row whose prompt a text template wrote. Both take any
 tokenizer with ``apply_chat_template`` and character offsets (a transformers fast tokenizer).
 """
 
@@ -102,6 +103,30 @@ def conversation_roles(
         weight = None if owner is None else weights[owner]
         token_weights.append(NO_MESSAGE_WEIGHT if weight is None else weight)
     return ConversationRoles(ids, [int(role) for role in roles], token_weights)
+
+
+def templated_text_roles(
+    prompt: str, completion: str, content_spans: Sequence[Sequence[int]], tokenizer: Any, *,
+    input_ids: Sequence[int], row: object = None,
+) -> ConversationRoles:
+    """The roles of a prompt-completion text row whose prompt a text template wrote (the package's
+    Alpaca conversion): tokens in ``content_spans`` (character ranges of ``prompt`` the data filled in)
+    are ``PROMPT``, the completion's are ``COMPLETION``, the template's text and the special tokens the
+    tokenizer adds are ``TEMPLATE``. ``input_ids``, the host's tokens of ``prompt + completion``, must
+    be the tokenizer's: a ``ValueError`` says otherwise."""
+    text = prompt + completion
+    for special in (True, False):  # the host may or may not have added special tokens
+        encoded = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+        if list(encoded["input_ids"]) == list(input_ids):
+            break
+    else:
+        raise ValueError(f"row {row}: the trainer's tokens are not the tokenizer's tokens of prompt + completion")
+    spans = [[(int(a), int(b)) for a, b in content_spans], [(len(prompt), len(text))]]
+    roles = []
+    for start, end in encoded["offset_mapping"]:
+        owner = _owner(start, end, spans) if end > start else None
+        roles.append(Role.TEMPLATE if owner is None else (Role.PROMPT, Role.COMPLETION)[owner])
+    return ConversationRoles(list(input_ids), [int(role) for role in roles], [NO_MESSAGE_WEIGHT] * len(roles))
 
 
 def tokenize_conversation(
