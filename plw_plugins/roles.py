@@ -17,6 +17,9 @@ from .validation import validate_prompt_loss_weight
 
 ROLES_KEY = "plw_roles"
 MESSAGE_WEIGHTS_KEY = "plw_message_weights"
+PROMPT_CONTENT_KEY = "plw_prompt_content"
+"""A dataset column of text prompt-completion rows whose prompt a text template wrote: the ``[start,
+end)`` character ranges of ``prompt`` the data filled in; the rest of the prompt is ``TEMPLATE``."""
 NO_MESSAGE_WEIGHT = -1.0
 """The value of ``plw_message_weights`` on tokens whose message has no ``weight`` (and on padding)."""
 

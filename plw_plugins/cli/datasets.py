@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plw_plugins.roles import PROMPT_CONTENT_KEY
+
 FORMATS = ("alpaca", "prompt-completion", "messages")
 
 # The Stanford Alpaca prompts: one for rows with an input, one for rows without.
@@ -52,6 +54,11 @@ class TemplatedRow(dict):
     """
 
     content_spans: tuple[tuple[int, int], ...] = ()
+
+    def as_record(self) -> dict:
+        """The row as a plain dict for a ``Dataset``, the content spans in the column the trainer reads
+        to tell the template's tokens from the data's (``plw_prompt_content``)."""
+        return {**self, PROMPT_CONTENT_KEY: [list(span) for span in self.content_spans]}
 
 
 @dataclass

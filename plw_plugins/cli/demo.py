@@ -24,7 +24,7 @@ from typing import Any
 
 from plw_plugins.validation import validate_prompt_loss_weight
 
-from .datasets import FORMATS, DataError, read_records, template_argument, to_prompt_completion
+from .datasets import FORMATS, DataError, TemplatedRow, read_records, template_argument, to_prompt_completion
 from .errors import fail, missing_path_error
 from .pretrained import PretrainSettings
 
@@ -81,6 +81,12 @@ def builtin_split(count: int, seed: int, rows_needed: int = BUILTIN_TRAIN_ROWS) 
     candidates = short_instruction_rows(4 * count, seed=seed + 1)
     held_out = [{"prompt": r["prompt"], "completion": r["completion"]} for r in candidates if r["prompt"] not in seen]
     return train, held_out[:count]
+
+
+def records(rows: list[dict]) -> list[dict]:
+    """Rows as the trainer's dataset holds them: a row whose prompt the package's template wrote keeps
+    where the data's text lies in it, so that the template's tokens have their own role."""
+    return [row.as_record() if isinstance(row, TemplatedRow) else row for row in rows]
 
 
 def file_split(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
@@ -219,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail("demo", error)
     _, general_rows = general_text_split(preset.pretrain.text_rows, preset.general_rows, preset.pretrain.seed)
     eval_sets = {
-        "held_out": Dataset.from_list(held_out_rows),
+        "held_out": Dataset.from_list(records(held_out_rows)),
         "general": Dataset.from_list([{"text": text} for text in general_rows]),
-        "train_sample": Dataset.from_list(train_rows[:TRAIN_SAMPLE_ROWS]),
+        "train_sample": Dataset.from_list(records(train_rows[:TRAIN_SAMPLE_ROWS])),
     }
     print(
         f"model {model_path}; {len(train_rows)} training rows, {len(held_out_rows)} held out "
@@ -232,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     from .demo_report import format_table, plot_curves, prompt_loss_rise_note, what_the_numbers_show
     from .demo_training import train_one
 
-    class_sets = {name: Dataset.from_list(rows) for name, rows in classes.items()} if len(classes) > 1 else {}
-    train = Dataset.from_list(train_rows)
+    class_sets = {name: Dataset.from_list(records(rows)) for name, rows in classes.items()} if len(classes) > 1 else {}
+    train = Dataset.from_list(records(train_rows))
     results = [train_one(weight, args, model_path, tokenizer, train, eval_sets, class_sets) for weight in weights]
     for result in results:
         values = asdict(result.end).values()

@@ -42,7 +42,7 @@ def load_sft_dataset(name: str, config: str | None = None, streaming: bool = Fal
 def _as_prompt_completion(dataset: Any) -> Any:
     columns = set(dataset.column_names or [])
     if {"instruction", "output"} <= columns and "prompt" not in columns:
-        return dataset.map(alpaca_to_prompt_completion, remove_columns=sorted(columns))
+        return dataset.map(lambda record: alpaca_to_prompt_completion(record).as_record(), remove_columns=sorted(columns))
     return dataset
 
 
