@@ -345,3 +345,16 @@ def test_template_that_rewrites_content_raises_when_roles_are_needed(with_weight
         del rows[1]
     with pytest.raises(ValueError, match="its content is not in the chat template's rendering"):
         construct_with_template(tiny_model_dir, rows, tmp_path, UPPERCASE_TEMPLATE, **keys)
+
+
+def test_chat_example_runs(tiny_model_dir, tmp_path, monkeypatch):
+    """examples/trl/chat_roles.py as written: it trains and evaluates with the role metrics."""
+    import runpy
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    example = runpy.run_path(str(Path(__file__).resolve().parents[2] / "examples" / "trl" / "chat_roles.py"))
+    metrics = example["main"](str(tiny_model_dir))
+    for name in ("eval_loss", "eval_prompt_loss", "eval_completion_loss", "eval_system_loss", "eval_template_loss",
+                 "eval_history_loss"):
+        assert math.isfinite(metrics[name]), name
