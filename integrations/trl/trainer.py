@@ -65,10 +65,14 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
         if self._plw_role_batches:
             self.data_collator = RoleColumnsCollator(self.data_collator, padding_free=self.data_collator.padding_free)
             return
-        set_keys = [key for key in ROLE_KEYS if getattr(self.args, key) is not None]
-        if set_keys:
+        needs = [key for key in ROLE_KEYS if getattr(self.args, key) is not None]
+        if isinstance(self.train_dataset, Dataset) and MESSAGE_WEIGHTS_KEY in self.train_dataset.column_names and any(
+            weight >= 0 for row in self.train_dataset[MESSAGE_WEIGHTS_KEY] for weight in row
+        ):
+            needs.append("per-message weights in the data")
+        if needs:
             raise ValueError(
-                f"{', '.join(set_keys)} need token roles in every batch, which PLWSFTTrainer adds through TRL's own "
+                f"{', '.join(needs)} need token roles in every batch, which PLWSFTTrainer adds through TRL's own "
                 f"collator; this trainer was given a {type(self.data_collator).__name__}. Leave data_collator unset"
             )
 

@@ -231,6 +231,21 @@ def test_history_weight_without_assistant_only_loss(tiny_model_dir, tmp_path):
     assert_same_parameters(parameters(trainer), expected, initial_parameters(tiny_model_dir))
 
 
+@pytest.mark.parametrize("layout", ["padded", "packing_bfd"])
+def test_conversational_prompt_completion(layout, tiny_model_dir, tmp_path):
+    """Conversational prompt-completion rows (TRL's completion-only loss): the prompt's messages get
+    their roles too (an assistant message in the prompt is history)."""
+    rows = [{"prompt": row["messages"][:5], "completion": row["messages"][5:]} for row in chat_rows(4)]
+    del rows[1]
+    trainer = train(tiny_model_dir, rows, tmp_path / "plw", plw=0.1, system_loss_weight=0.0, history_loss_weight=0.3,
+                    **{**LAYOUTS[layout], "per_device_train_batch_size": 8})
+    batch = the_batch(trainer)
+    assert_every_role_present(batch)
+    expected, loss = expected_step(tiny_model_dir, batch, prompt=0.1, system=0.0, history=0.3)
+    assert last_train_logs(trainer)["loss"] == pytest.approx(loss, rel=1e-5)
+    assert_same_parameters(parameters(trainer), expected, initial_parameters(tiny_model_dir))
+
+
 @pytest.mark.parametrize("layout", ["padded", "padding_free"])
 def test_accumulation_split_with_role_weights(layout, tiny_model_dir, tmp_path):
     """2 x 1 == 1 x 2 (per-device batch x accumulation) with role and message weights."""
@@ -358,3 +373,18 @@ def test_chat_example_runs(tiny_model_dir, tmp_path, monkeypatch):
     for name in ("eval_loss", "eval_prompt_loss", "eval_completion_loss", "eval_system_loss", "eval_template_loss",
                  "eval_history_loss"):
         assert math.isfinite(metrics[name]), name
+
+
+@pytest.mark.parametrize("what", ["key", "message_weights"])
+def test_own_collator_with_roles_needed_raises(what, tiny_model_dir, tmp_path):
+    from transformers import DataCollatorForSeq2Seq
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = chat_rows(3)
+    keys = {"system_loss_weight": 0.0} if what == "key" else {}
+    if what == "key":
+        del rows[1]
+    args = training_args(PLWSFTConfig, tmp_path, assistant_only_loss=True, max_length=256, **keys)
+    with pytest.raises(ValueError, match="need token roles in every batch"):
+        PLWSFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, processing_class=tokenizer,
+                      train_dataset=Dataset.from_list(rows), data_collator=DataCollatorForSeq2Seq(tokenizer))
