@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ def run_variant(name: str, model_dir: str, steps: int, data: str = "alpaca") -> 
 
     class StepTimer(TrainerCallback):
         start = None
+        step_times: list[float] = []
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == WARMUP_STEPS:
@@ -117,6 +119,13 @@ def run_variant(name: str, model_dir: str, steps: int, data: str = "alpaca") -> 
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 StepTimer.start = time.perf_counter()
+            StepTimer.step_start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step > WARMUP_STEPS:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                StepTimer.step_times.append(time.perf_counter() - StepTimer.step_start)
 
     trainer = trainer_cls(
         model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
@@ -131,23 +140,32 @@ def run_variant(name: str, model_dir: str, steps: int, data: str = "alpaca") -> 
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"steps_per_s": (steps - WARMUP_STEPS) / seconds, "peak_mib": peak_mib}
+    return {"steps_per_s": (steps - WARMUP_STEPS) / seconds, "peak_mib": peak_mib, "step_s": StepTimer.step_times}
 
 
-def time_variants(names: list[str], steps: int, data: str) -> dict[str, dict]:
-    """Each variant in a fresh process on the same freshly built model."""
+def time_variants(names: list[str], steps: int, data: str, rounds: int = 1) -> dict[str, dict]:
+    """Each variant in a fresh process on the same freshly built model. With several ``rounds`` the
+    variants take turns, and steps/s is 1 / the median step time of all their rounds, so that load
+    from other processes on a shared machine falls on every variant alike."""
     from plw_plugins.cli.tiny_model import build_tiny_llama
 
-    results = {}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as model_dir:
         build_tiny_llama(model_dir, hidden_size=256, layers=4, vocab_size=2048)
-        for name in names:
-            command = [sys.executable, __file__, "--variant", name, "--model-dir", model_dir, "--steps", str(steps),
-                       "--data", data]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            results[name] = json.loads(out.strip().splitlines()[-1])
-            print(name, results[name], flush=True)
-    return results
+        for _ in range(rounds):
+            for name in names:
+                command = [sys.executable, __file__, "--variant", name, "--model-dir", model_dir, "--steps",
+                           str(steps), "--data", data]
+                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                runs[name].append(json.loads(out.strip().splitlines()[-1]))
+                print(name, {k: v for k, v in runs[name][-1].items() if k != "step_s"}, flush=True)
+    if rounds == 1:
+        return {name: results[0] for name, results in runs.items()}
+    return {
+        name: {"steps_per_s": 1 / statistics.median(t for run in results for t in run["step_s"]),
+               "peak_mib": max(run["peak_mib"] for run in results)}
+        for name, results in runs.items()
+    }
 
 
 def ratio_table(results: dict[str, dict], baselines: dict[str, str], digits: int) -> str:
@@ -176,6 +194,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
     parser.add_argument("--data", choices=("alpaca", "chat"), default="alpaca",
                         help="prompt-completion rows (default) or conversations with role weights")
+    parser.add_argument("--rounds", type=int, default=1, help="run the variants in turn this many times (median step)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,18 +209,19 @@ def main() -> None:
         f"fp32; {args.steps - WARMUP_STEPS} timed steps after {WARMUP_STEPS} warm-up steps, each variant in a fresh process"
     )
     if args.data == "chat":
-        results = time_variants(list(CHAT_VARIANTS), args.steps, "chat")
+        results = time_variants(list(CHAT_VARIANTS), args.steps, "chat", args.rounds)
         weights = ", ".join(f"{key}={value}" for key, value in CHAT_VARIANTS["PLW 0.1, role weights"].items() if key != "plw")
         name, title = "trl_step_chat", "TRL: role weights on conversations against the prompt loss weight alone"
         body = (
             f"{machine()}. Llama hidden 256, 4 layers, vocab 2048; conversations built from GPTeacher Toolformer (a long "
             "system prompt with the tool description, a tool result, two assistant turns), assistant_only_loss=True, "
-            f"batch {BATCH}, max_length {MAX_LENGTH}, {timing}. Role weights: {weights}. "
-            f"`python benchmarks/trl_step.py --data chat --steps {args.steps}`.\n\n"
+            f"batch {BATCH}, max_length {MAX_LENGTH}, {timing}, {args.rounds} rounds in turn, steps/s = 1 / median step "
+            f"time. Role weights: {weights}. "
+            f"`python benchmarks/trl_step.py --data chat --steps {args.steps} --rounds {args.rounds}`.\n\n"
             + ratio_table(results, {"stock": "stock, assistant only", "PLW 0.1 alone": "PLW 0.1"}, digits=3)
         )
     else:
-        results = time_variants(list(VARIANTS), args.steps, "alpaca")
+        results = time_variants(list(VARIANTS), args.steps, "alpaca", args.rounds)
         name, title = "trl_step", "TRL: PLWSFTTrainer step time and memory against stock SFTTrainer"
         body = (
             f"{machine()}. Llama hidden 256, 4 layers, vocab 2048; GPTeacher Toolformer, batch {BATCH}, "

@@ -28,8 +28,6 @@ ROLE_KEYS = ("system_loss_weight", "tool_loss_weight", "template_loss_weight", "
 UNAVAILABLE_COLUMN = "_plw_roles_unavailable"
 """Per row, why its roles could not be computed ("" where they were); dropped after the check."""
 
-_warned_unavailable = False
-
 
 class RolesUnavailableError(ValueError):
     """Roles are needed (a role key is set, or the data carries per-message weights) but cannot be
@@ -97,7 +95,10 @@ def add_role_columns(
     except ValueError as error:
         raise ValueError(f"{dataset_name} dataset: {error}") from None
     if not isinstance(with_roles, Dataset):  # an IterableDataset is mapped lazily: rows are checked as they come
-        return with_roles.remove_columns([UNAVAILABLE_COLUMN])
+        return with_roles.map(
+            _warn_if_unavailable, fn_kwargs={"which": f"some rows of the {dataset_name} dataset"},
+            remove_columns=[UNAVAILABLE_COLUMN],
+        )
     unavailable = [why for why in with_roles[UNAVAILABLE_COLUMN] if why]
     with_roles = with_roles.remove_columns([UNAVAILABLE_COLUMN])
     if not unavailable:
@@ -111,16 +112,21 @@ def add_role_columns(
     return dataset
 
 
-def warn_roles_unavailable(which: str, why: str) -> None:
-    """Warn, once per process, that some rows train without roles (as before roles existed)."""
-    global _warned_unavailable
-    if not _warned_unavailable:
-        _warned_unavailable = True
-        warnings.warn(
-            f"token roles cannot be computed for {which} ({why}); they train as without roles, and no role "
-            "metrics (system_loss...) are logged for them. Role keys and per-message weights would need them",
-            stacklevel=2,
-        )
+def warn_roles_unavailable(which: str, why: str | None = None) -> None:
+    """Warn that some rows train without roles (as before roles existed); Python shows one warning
+    of the same text once."""
+    because = f" ({why})" if why else ""
+    warnings.warn(
+        f"token roles cannot be computed for {which}{because}; they train as without roles, and no role "
+        "metrics (system_loss...) are logged for them. Role keys and per-message weights would need them",
+        stacklevel=2,
+    )
+
+
+def _warn_if_unavailable(example: Mapping[str, Any], which: str) -> dict[str, Any]:
+    if example[UNAVAILABLE_COLUMN]:
+        warn_roles_unavailable(which)
+    return {}
 
 
 def slice_row(example: Mapping[str, Any], kept: slice) -> dict[str, Any]:

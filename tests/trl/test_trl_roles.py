@@ -388,3 +388,27 @@ def test_own_collator_with_roles_needed_raises(what, tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="need token roles in every batch"):
         PLWSFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, processing_class=tokenizer,
                       train_dataset=Dataset.from_list(rows), data_collator=DataCollatorForSeq2Seq(tokenizer))
+
+
+def test_iterable_dataset_carries_roles(tiny_model_dir, tmp_path):
+    """A streamed dataset gets its roles row by row: the step still equals the rule by hand."""
+    from datasets import IterableDataset
+
+    rows = chat_rows(4)
+    stream = IterableDataset.from_generator(lambda: iter(rows))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    trainer = PLWSFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), processing_class=tokenizer,
+        args=training_args(PLWSFTConfig, tmp_path, prompt_loss_weight=0.1, system_loss_weight=0.0, **CHAT,
+                           max_length=256),
+        train_dataset=stream,
+    )
+    record_batches(trainer)
+    trainer.train()
+    batch = the_batch(trainer)
+    assert_every_role_present(batch)
+    assert (batch[MESSAGE_WEIGHTS_KEY] >= 0).any()
+    expected, loss = expected_step(tiny_model_dir, batch, prompt=0.1, system=0.0)
+    assert last_train_logs(trainer)["loss"] == pytest.approx(loss, rel=1e-5)
+    assert_same_parameters(parameters(trainer), expected, initial_parameters(tiny_model_dir))
