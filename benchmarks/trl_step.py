@@ -79,11 +79,11 @@ def chat_rows(alpaca: list[dict], count: int) -> list[dict]:
     return rows
 
 
-def run_variant(name: str, model_dir: str, steps: int, data: str = "alpaca") -> dict:
-    """Train ``steps`` optimiser steps in this process; time those after the warm-up."""
+def build_trainer(name: str, model_dir: str, steps: int, data: str, callbacks: list | None = None):
+    """The trainer of one variant on ``BATCH * steps`` rows."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from plw_plugins.integrations.trl import PLWSFTConfig, PLWSFTTrainer
@@ -108,10 +108,20 @@ def run_variant(name: str, model_dir: str, steps: int, data: str = "alpaca") -> 
     else:
         keys = {key: value for key, value in spec.items() if key != "plw"}
         trainer_cls, args = PLWSFTTrainer, PLWSFTConfig(prompt_loss_weight=spec["plw"], **keys, **common)
+    return trainer_cls(
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+        args=args, train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(model_dir),
+        callbacks=callbacks,
+    )
+
+
+def run_variant(name: str, model_dir: str, steps: int, data: str = "alpaca") -> dict:
+    """Train ``steps`` optimiser steps in this process; time those after the warm-up."""
+    import torch
+    from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         start = None
-        step_times: list[float] = []
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == WARMUP_STEPS:
@@ -119,19 +129,8 @@ def run_variant(name: str, model_dir: str, steps: int, data: str = "alpaca") -> 
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 StepTimer.start = time.perf_counter()
-            StepTimer.step_start = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step > WARMUP_STEPS:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                StepTimer.step_times.append(time.perf_counter() - StepTimer.step_start)
-
-    trainer = trainer_cls(
-        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
-        args=args, train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(model_dir),
-        callbacks=[StepTimer()],
-    )
+    trainer = build_trainer(name, model_dir, steps, data, callbacks=[StepTimer()])
     trainer.train()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -140,32 +139,66 @@ def run_variant(name: str, model_dir: str, steps: int, data: str = "alpaca") -> 
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"steps_per_s": (steps - WARMUP_STEPS) / seconds, "peak_mib": peak_mib, "step_s": StepTimer.step_times}
+    return {"steps_per_s": (steps - WARMUP_STEPS) / seconds, "peak_mib": peak_mib}
 
 
-def time_variants(names: list[str], steps: int, data: str, rounds: int = 1) -> dict[str, dict]:
-    """Each variant in a fresh process on the same freshly built model. With several ``rounds`` the
-    variants take turns, and steps/s is 1 / the median step time of all their rounds, so that load
-    from other processes on a shared machine falls on every variant alike."""
+def time_variants(names: list[str], steps: int, data: str) -> dict[str, dict]:
+    """Each variant in a fresh process on the same freshly built model."""
     from plw_plugins.cli.tiny_model import build_tiny_llama
 
-    runs: dict[str, list[dict]] = {name: [] for name in names}
+    results = {}
     with tempfile.TemporaryDirectory() as model_dir:
         build_tiny_llama(model_dir, hidden_size=256, layers=4, vocab_size=2048)
-        for _ in range(rounds):
-            for name in names:
-                command = [sys.executable, __file__, "--variant", name, "--model-dir", model_dir, "--steps",
-                           str(steps), "--data", data]
-                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-                runs[name].append(json.loads(out.strip().splitlines()[-1]))
-                print(name, {k: v for k, v in runs[name][-1].items() if k != "step_s"}, flush=True)
-    if rounds == 1:
-        return {name: results[0] for name, results in runs.items()}
+        for name in names:
+            command = [sys.executable, __file__, "--variant", name, "--model-dir", model_dir, "--steps", str(steps),
+                       "--data", data]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            results[name] = json.loads(out.strip().splitlines()[-1])
+            print(name, results[name], flush=True)
+    return results
+
+
+def paired_steps(model_dir: str, steps: int) -> dict[str, dict]:
+    """Every chat variant in this process, one optimiser step each in turn (collation, W, forward,
+    backward, update; the order rotates every turn), each step timed: a burst of load from other
+    processes on a shared machine then falls on the steps of one turn alike. Returns each variant's
+    median step time and the median, over turns, of its step time over that turn's PLW-0.1-alone step."""
+    trainers = {name: build_trainer(name, model_dir, steps, "chat") for name in CHAT_VARIANTS}
+    batches = {}
+    for name, trainer in trainers.items():
+        trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+        batches[name] = iter(trainer.get_train_dataloader())
+    names, times = list(trainers), {name: [] for name in trainers}
+    for turn in range(steps):
+        for name in names[turn % len(names):] + names[: turn % len(names)]:
+            trainer = trainers[name]
+            start = time.perf_counter()
+            batch = next(batches[name])
+            trainer.training_step(trainer.model, batch, trainer._get_num_items_in_batch([batch], trainer.args.device))
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad()
+            times[name].append(time.perf_counter() - start)
+    timed = {name: values[WARMUP_STEPS:] for name, values in times.items()}
+    base = timed["PLW 0.1"]
     return {
-        name: {"steps_per_s": 1 / statistics.median(t for run in results for t in run["step_s"]),
-               "peak_mib": max(run["peak_mib"] for run in results)}
-        for name, results in runs.items()
+        name: {"median_step_s": statistics.median(values),
+               "vs_plw": statistics.median(t / b for t, b in zip(values, base)),
+               "vs_stock": statistics.median(t / b for t, b in zip(values, timed["stock, assistant only"]))}
+        for name, values in timed.items()
     }
+
+
+def paired_chat(steps: int) -> dict[str, dict]:
+    """``paired_steps`` in a fresh process on a freshly built model."""
+    from plw_plugins.cli.tiny_model import build_tiny_llama
+
+    with tempfile.TemporaryDirectory() as model_dir:
+        build_tiny_llama(model_dir, hidden_size=256, layers=4, vocab_size=2048)
+        command = [sys.executable, __file__, "--variant", "paired", "--model-dir", model_dir, "--steps", str(steps)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    results = json.loads(out.strip().splitlines()[-1])
+    print(results, flush=True)
+    return results
 
 
 def ratio_table(results: dict[str, dict], baselines: dict[str, str], digits: int) -> str:
@@ -194,34 +227,40 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
     parser.add_argument("--data", choices=("alpaca", "chat"), default="alpaca",
                         help="prompt-completion rows (default) or conversations with role weights")
-    parser.add_argument("--rounds", type=int, default=1, help="run the variants in turn this many times (median step)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.variant == "paired":
+        print(json.dumps(paired_steps(args.model_dir, args.steps)))
+        return
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.model_dir, args.steps, args.data)))
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from record import machine, record
+    from record import machine, markdown_table, record
 
     timing = (
         f"fp32; {args.steps - WARMUP_STEPS} timed steps after {WARMUP_STEPS} warm-up steps, each variant in a fresh process"
     )
     if args.data == "chat":
-        results = time_variants(list(CHAT_VARIANTS), args.steps, "chat", args.rounds)
+        results = paired_chat(args.steps)
         weights = ", ".join(f"{key}={value}" for key, value in CHAT_VARIANTS["PLW 0.1, role weights"].items() if key != "plw")
         name, title = "trl_step_chat", "TRL: role weights on conversations against the prompt loss weight alone"
+        rows = [[variant, f"{r['median_step_s']:.3f}", f"{r['vs_stock']:.3f}x", f"{r['vs_plw']:.3f}x"]
+                for variant, r in results.items()]
         body = (
             f"{machine()}. Llama hidden 256, 4 layers, vocab 2048; conversations built from GPTeacher Toolformer (a long "
             "system prompt with the tool description, a tool result, two assistant turns), assistant_only_loss=True, "
-            f"batch {BATCH}, max_length {MAX_LENGTH}, {timing}, {args.rounds} rounds in turn, steps/s = 1 / median step "
-            f"time. Role weights: {weights}. "
-            f"`python benchmarks/trl_step.py --data chat --steps {args.steps} --rounds {args.rounds}`.\n\n"
-            + ratio_table(results, {"stock": "stock, assistant only", "PLW 0.1 alone": "PLW 0.1"}, digits=3)
+            f"batch {BATCH}, max_length {MAX_LENGTH}, fp32. The three trainers run in one process, one optimiser step "
+            f"each in turn (collation, W, forward, backward, update), {args.steps - WARMUP_STEPS} turns after "
+            f"{WARMUP_STEPS} warm-up turns; ratios are medians over turns of the step time over the same turn's, so that "
+            f"load from other processes cancels. Role weights: {weights}. "
+            f"`python benchmarks/trl_step.py --data chat --steps {args.steps}`.\n\n"
+            + markdown_table(["trainer", "median s/step", "step time vs stock", "step time vs PLW 0.1 alone"], rows)
         )
     else:
-        results = time_variants(list(VARIANTS), args.steps, "alpaca", args.rounds)
+        results = time_variants(list(VARIANTS), args.steps, "alpaca")
         name, title = "trl_step", "TRL: PLWSFTTrainer step time and memory against stock SFTTrainer"
         body = (
             f"{machine()}. Llama hidden 256, 4 layers, vocab 2048; GPTeacher Toolformer, batch {BATCH}, "

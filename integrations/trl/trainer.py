@@ -118,12 +118,15 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
         no role key set and no per-message weight, the losses are what they were without roles; the
         roles then give the role metrics (``system_loss``...)."""
         with_roles = self._plw_roles_possible(dataset, formatting_func)
-        if not with_roles and (args.max_length is None or packing):
+        # Rows tokenised beforehand may bring their own role columns (``tokenize_conversation``).
+        roles_given = dataset is not None and ROLES_KEY in (get_dataset_column_names(dataset) or [])
+        pack_here = packing and (with_roles or roles_given)
+        if not (with_roles or roles_given) and (args.max_length is None or packing):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
         tokenized_only = copy.copy(args)
         tokenized_only.max_length, tokenized_only.shuffle_dataset = None, False
         dataset = super()._prepare_dataset(
-            dataset, processing_class, tokenized_only, packing and not with_roles, formatting_func, dataset_name
+            dataset, processing_class, tokenized_only, packing and not pack_here, formatting_func, dataset_name
         )
         map_kwargs: dict[str, Any] = {}
         if isinstance(dataset, Dataset):  # an IterableDataset takes neither
@@ -137,7 +140,7 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
                 )
             if args.max_length is not None and not packing:
                 dataset = _truncate_keeping_weighted_rows(dataset, args, dataset_name)
-            if packing:
+            if pack_here:
                 dataset = _pack_as_trl_does(dataset, args, map_kwargs, dataset_name)
         if args.shuffle_dataset:  # after truncation and filtering, as TRL shuffles
             dataset = dataset.shuffle(seed=args.seed)

@@ -412,3 +412,19 @@ def test_iterable_dataset_carries_roles(tiny_model_dir, tmp_path):
     expected, loss = expected_step(tiny_model_dir, batch, prompt=0.1, system=0.0)
     assert last_train_logs(trainer)["loss"] == pytest.approx(loss, rel=1e-5)
     assert_same_parameters(parameters(trainer), expected, initial_parameters(tiny_model_dir))
+
+
+@pytest.mark.parametrize("layout", ["padded", "packing_bfd"])
+def test_rows_tokenised_with_their_roles(layout, tiny_model_dir, tmp_path):
+    """Rows from the core's ``tokenize_conversation`` keep their role columns through truncation and packing."""
+    from plw_plugins.conversations import tokenize_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [tokenize_conversation(row["messages"], tokenizer, row=i) for i, row in enumerate(chat_rows(4))]
+    trainer = train(tiny_model_dir, rows, tmp_path / "plw", plw=0.1, template_loss_weight=0.0, history_loss_weight=0.4,
+                    **{**LAYOUTS[layout], "per_device_train_batch_size": 8})
+    batch = the_batch(trainer)
+    assert_every_role_present(batch)
+    expected, loss = expected_step(tiny_model_dir, batch, prompt=0.1, template=0.0, history=0.4)
+    assert last_train_logs(trainer)["loss"] == pytest.approx(loss, rel=1e-5)
+    assert_same_parameters(parameters(trainer), expected, initial_parameters(tiny_model_dir))
