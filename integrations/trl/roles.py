@@ -29,11 +29,6 @@ UNAVAILABLE_COLUMN = "_plw_roles_unavailable"
 """Per row, why its roles could not be computed ("" where they were); dropped after the check."""
 
 
-class RolesUnavailableError(ValueError):
-    """Roles are needed (a role key is set, or the data carries per-message weights) but cannot be
-    computed for a row."""
-
-
 def conversation_messages(example: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
     """The messages TRL renders for a conversational row: ``messages``, or ``prompt + completion``
     (conversational prompt-completion rows, which TRL renders as one conversation); else None."""
@@ -69,7 +64,7 @@ def role_columns(
     except ValueError as error:
         if strict or any(weight is not None for weight in weights):
             why = "a role key is set" if strict else "the row carries per-message weights"
-            raise RolesUnavailableError(f"{error}; token roles are needed because {why}") from None
+            raise ValueError(f"{error}; token roles are needed because {why}") from None
         length = len(example["input_ids"])
         return {ROLES_KEY: [int(Role.PROMPT)] * length, MESSAGE_WEIGHTS_KEY: [NO_MESSAGE_WEIGHT] * length,
                 UNAVAILABLE_COLUMN: str(error) or type(error).__name__}
@@ -80,8 +75,9 @@ def add_role_columns(
     dataset: Any, *, tokenizer: Any, chat_template: str | None, strict: bool, map_kwargs: dict[str, Any],
     dataset_name: str,
 ) -> Any:
-    """``dataset`` (rows TRL tokenised, with their messages) with the role columns, or unchanged with
-    a warning where no row's roles could be computed and nothing role-specific is in use.
+    """``dataset`` (rows TRL tokenised, with their messages) with the role columns; or, where some
+    row's roles cannot be computed and nothing role-specific is in use, unchanged with a warning
+    (every row then trains as without roles).
 
     Errors raised inside ``map`` (possibly in worker processes) are raised again here as one plain
     ``ValueError`` naming the dataset, without the worker's traceback."""
