@@ -18,15 +18,20 @@ import copy
 from itertools import islice
 from typing import Any
 
+from accelerate import PartialState
 from datasets import Dataset
 from trl import SFTTrainer
+from trl.data_utils import get_dataset_column_names, is_conversational, is_conversational_from_value, pack_dataset
 from trl.trainer import utils as trl_utils
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from plw_plugins import IGNORE_INDEX
 from plw_plugins.integrations.transformers import PLWForwardOutput, PromptLossWeightTrainerMixin
 from plw_plugins.masks import row_has_weighted_prompt
+from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, ROLES_KEY
 
 from .config import PLWSFTConfig
+from .roles import ROLE_COLUMNS, ROLE_KEYS, RoleColumnsCollator, add_role_columns, slice_row
 
 ROWS_CHECKED = 32
 """Rows of the prepared training set checked for prompt tokens at construction."""
@@ -50,7 +55,26 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
                 "router_aux_loss_coef: the MoE load-balancing loss is not supported with the prompt loss weight; "
                 "set router_aux_loss_coef=0.0"
             )
+        self._wrap_collator_for_roles()
         self._check_prompt_tokens()
+
+    def _wrap_collator_for_roles(self) -> None:
+        """Give TRL's collator the role columns to lay out; a collator of the user's own never sees
+        them (they are dropped with the other unused columns), and then no role key may be set."""
+        self._plw_role_batches = isinstance(self.data_collator, DataCollatorForLanguageModeling)
+        if self._plw_role_batches:
+            self.data_collator = RoleColumnsCollator(self.data_collator, padding_free=self.data_collator.padding_free)
+            return
+        needs = [key for key in ROLE_KEYS if getattr(self.args, key) is not None]
+        if isinstance(self.train_dataset, Dataset) and MESSAGE_WEIGHTS_KEY in self.train_dataset.column_names and any(
+            weight >= 0 for row in self.train_dataset[MESSAGE_WEIGHTS_KEY] for weight in row
+        ):
+            needs.append("per-message weights in the data")
+        if needs:
+            raise ValueError(
+                f"{', '.join(needs)} need token roles in every batch, which PLWSFTTrainer adds through TRL's own "
+                f"collator; this trainer was given a {type(self.data_collator).__name__}. Leave data_collator unset"
+            )
 
     def _check_prompt_tokens(self) -> None:
         """Raise when the prepared training data has no masked token: then every token is already
@@ -61,6 +85,10 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
         rows = list(islice(iter(dataset), ROWS_CHECKED))
         if not rows or "labels" not in rows[0] or any(-100 in row["labels"] for row in rows):
             return
+        if ROLES_KEY in rows[0] and (self.args.history_loss_weight is not None or any(
+            weight >= 0 for row in rows for weight in row[MESSAGE_WEIGHTS_KEY]
+        )):
+            return  # earlier assistant turns or messages of their own weight are weighted, even when all are trained
         if getattr(self, "completion_only_loss", None) is False and not self.args.assistant_only_loss:
             how = (
                 "completion_only_loss=False trains prompt-completion data on every token; leave completion_only_loss "
@@ -77,20 +105,62 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
     def _prepare_dataset(
         self, dataset: Any, processing_class: Any, args: Any, packing: bool, formatting_func: Any, dataset_name: str
     ) -> Any:
-        """TRL's preparation, with its truncation done here: after truncating to ``max_length`` TRL drops
-        every row without a trained label, such as a prompt that fills ``max_length`` with
-        ``truncation_mode="keep_start"``, but at a prompt loss weight above 0 (at any point of a
-        schedule) that row's prompt tokens still carry weight, so it is kept (as TRL's
-        ``completion_only_loss=False`` keeps it). Packing chunks rows without dropping any: left to TRL."""
-        if args.max_length is None or packing:
+        """TRL's preparation, with its truncation done here, and token roles on conversational data.
+
+        Truncation: after truncating to ``max_length`` TRL drops every row without a trained label,
+        such as a prompt that fills ``max_length`` with ``truncation_mode="keep_start"``, but at a
+        prompt loss weight above 0 (at any point of a schedule) that row's prompt tokens still carry
+        weight, so it is kept (as TRL's ``completion_only_loss=False`` keeps it).
+
+        Roles: on conversational rows (``messages``, or conversational prompt-completion) TRL
+        tokenises, the role columns are added (``roles.add_role_columns``), and the rows are truncated
+        and packed here exactly as TRL would (its steps, in its order), keeping the role columns. With
+        no role key set and no per-message weight, the losses are what they were without roles; the
+        roles then give the role metrics (``system_loss``...)."""
+        with_roles = self._plw_roles_possible(dataset, formatting_func)
+        # Rows tokenised beforehand may bring their own role columns (``tokenize_conversation``).
+        roles_given = dataset is not None and ROLES_KEY in (get_dataset_column_names(dataset) or [])
+        pack_here = packing and (with_roles or roles_given)
+        if not (with_roles or roles_given) and (args.max_length is None or packing):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
-        untruncated = copy.copy(args)
-        untruncated.max_length, untruncated.shuffle_dataset = None, False
-        dataset = super()._prepare_dataset(dataset, processing_class, untruncated, packing, formatting_func, dataset_name)
-        dataset = _truncate_keeping_weighted_rows(dataset, args, dataset_name)
+        tokenized_only = copy.copy(args)
+        tokenized_only.max_length, tokenized_only.shuffle_dataset = None, False
+        dataset = super()._prepare_dataset(
+            dataset, processing_class, tokenized_only, packing and not pack_here, formatting_func, dataset_name
+        )
+        map_kwargs: dict[str, Any] = {}
+        if isinstance(dataset, Dataset):  # an IterableDataset takes neither
+            map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Adding token roles to {dataset_name} dataset"}
+        with PartialState().main_process_first():
+            if with_roles:
+                strict = any(getattr(args, key) is not None for key in ROLE_KEYS)
+                dataset = add_role_columns(
+                    dataset, tokenizer=self._tokenizer, chat_template=self.chat_template, strict=strict,
+                    map_kwargs=map_kwargs, dataset_name=dataset_name,
+                )
+            if args.max_length is not None and not packing:
+                dataset = _truncate_keeping_weighted_rows(dataset, args, dataset_name)
+            if pack_here:
+                dataset = _pack_as_trl_does(dataset, args, map_kwargs, dataset_name)
         if args.shuffle_dataset:  # after truncation and filtering, as TRL shuffles
             dataset = dataset.shuffle(seed=args.seed)
         return dataset
+
+    def _plw_roles_possible(self, dataset: Any, formatting_func: Any) -> bool:
+        """Whether TRL will tokenise this dataset from conversations, whose token roles can then be found."""
+        if dataset is None or formatting_func is not None or getattr(self, "_is_vision_dataset", False):
+            return False
+        if "input_ids" in (get_dataset_column_names(dataset) or []):
+            return False
+        first = next(iter(dataset))
+        return is_conversational(first) or is_conversational_from_value(first)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """TRL's columns, plus the role columns: the trainer drops every other column before collation."""
+        super()._set_signature_columns_if_needed()
+        if getattr(self, "_plw_role_batches", False):
+            extra = [column for column in ROLE_COLUMNS if column not in self._signature_columns]
+            self._signature_columns = [*self._signature_columns, *extra]
 
     def plw_model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         # TRL 1.9's `prediction_step` adds this key for its own `compute_loss`.
@@ -127,15 +197,17 @@ def _truncate_keeping_weighted_rows(dataset: Any, args: Any, dataset_name: str) 
 
     def holds_weight(example: dict[str, Any]) -> bool:
         labels = example["labels"]
-        return any(label != IGNORE_INDEX for label in labels) or row_has_weighted_prompt(labels, largest_weight)
+        return (
+            any(label != IGNORE_INDEX for label in labels)
+            or row_has_weighted_prompt(labels, largest_weight)
+            or any(weight > 0 for weight in example.get(MESSAGE_WEIGHTS_KEY, [])[1:])
+        )
 
     map_kwargs: dict[str, Any] = {}
     if isinstance(dataset, Dataset):  # an IterableDataset takes neither
         map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Truncating {dataset_name} dataset"}
     rows_before = len(dataset) if isinstance(dataset, Dataset) else None
-    dataset = dataset.map(
-        lambda example: {"input_ids": example["input_ids"][kept], "labels": example["labels"][kept]}, **map_kwargs
-    )
+    dataset = dataset.map(slice_row, fn_kwargs={"kept": kept}, **map_kwargs)
     if isinstance(dataset, Dataset):
         map_kwargs["desc"] = f"Dropping {dataset_name} rows without a weighted token"
     dataset = dataset.filter(holds_weight, **map_kwargs)
@@ -147,6 +219,25 @@ def _truncate_keeping_weighted_rows(dataset: Any, args: Any, dataset_name: str) 
             f"completion, {why}, so all {rows_before} rows were dropped. Raise max_length, use "
             "truncation_mode='keep_end', or set prompt_loss_weight above 0"
         )
+    return dataset
+
+
+def _pack_as_trl_does(dataset: Any, args: Any, map_kwargs: dict[str, Any], dataset_name: str) -> Any:
+    """TRL's packing step (1.9 to 1.16), keeping the role columns: ``input_ids``, ``labels`` and the
+    role columns, shuffled first when ``shuffle_dataset`` (wrapped packing must not pack neighbours),
+    packed by ``trl.data_utils.pack_dataset``, which adds ``seq_lengths``."""
+    if args.max_length is None:
+        raise ValueError("When packing is enabled, `max_length` can't be `None`.")
+    if isinstance(dataset, Dataset):
+        map_kwargs = {**map_kwargs, "desc": f"Packing {dataset_name} dataset"}
+    columns = get_dataset_column_names(dataset)
+    dataset = dataset.select_columns([c for c in ("input_ids", "labels", *ROLE_COLUMNS) if c in columns])
+    if args.shuffle_dataset:
+        dataset = dataset.shuffle(seed=args.seed)
+    dataset = pack_dataset(dataset, args.max_length, args.packing_strategy, map_kwargs)
+    if getattr(args, "use_liger_kernel", False):  # TRL 1.9 keeps only what its collator reads
+        columns = get_dataset_column_names(dataset)
+        dataset = dataset.select_columns([c for c in ("input_ids", "seq_lengths", "labels", *ROLE_COLUMNS) if c in columns])
     return dataset
 
 

@@ -85,3 +85,21 @@ def test_a_row_has_a_weighted_prompt_target_only_after_its_first_token_and_above
     assert not row_has_weighted_prompt([IGNORE_INDEX], 1.0)  # a single token is never a target
     assert not row_has_weighted_prompt([IGNORE_INDEX, 5, 6], 1.0)  # its only masked token is the first
     assert row_has_weighted_prompt([7, IGNORE_INDEX, 6], 0.5)
+
+
+def test_roles_without_role_weights_weigh_bit_for_bit_as_without_roles():
+    """Roles present but no role weight set: the weights and W are computed as before roles existed
+    (a float sum of many 0.1s differs from 0.1 times their count in the last bits)."""
+    from plw_plugins.roles import LossWeights, Role
+
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, 50, (4, 999), generator=generator)
+    labels = torch.where(torch.rand(4, 999, generator=generator) < 0.2, input_ids, X)
+    roles = torch.randint(0, len(Role), (4, 999), generator=generator)
+    plain = build_loss_masks(input_ids, labels)
+    with_roles = build_loss_masks(input_ids, labels, roles=roles)
+    for weights in (0.1, LossWeights(prompt=0.1), LossWeights(prompt=0.3, normalization="token_count")):
+        assert torch.equal(with_roles.weights(weights), plain.weights(weights))
+        assert torch.equal(with_roles.weight_sum(weights), plain.weight_sum(weights))
+    role_weighted = LossWeights(prompt=0.1, system=0.0)
+    assert not torch.equal(with_roles.weights(role_weighted), plain.weights(role_weighted))

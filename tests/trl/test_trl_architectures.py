@@ -15,6 +15,7 @@ from tiny_architectures import VOCAB, build_tiny, causal_lm_architectures
 
 from plw_plugins import build_loss_masks_from_batch
 from plw_plugins.integrations.transformers import PLWRequest, install_plw_forward
+from plw_plugins.roles import LossWeights
 
 ARCHITECTURES = causal_lm_architectures()
 OUTCOMES: dict[str, str] = {}
@@ -84,7 +85,7 @@ def test_architecture_equals_its_own_loss_or_is_refused(model_type):
     assert model_type not in MUST_BE_REFUSED
     masks = build_loss_masks_from_batch(inputs)
     for plw, (expected_loss, expected_gradients) in stock.items():
-        request = PLWRequest(masks=masks, prompt_loss_weight=plw)
+        request = PLWRequest(masks=masks, loss_weights=LossWeights(prompt=plw))
         loss, gradients = loss_and_gradients(model, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                              plw_request=request)
         torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)

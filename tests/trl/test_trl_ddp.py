@@ -1,5 +1,6 @@
 """Two gloo processes on CPU take the same optimiser step as one process with the same rows:
-W is summed over ranks, and the logged prompt / completion losses are reduced over ranks."""
+W is summed over ranks, and the logged prompt / completion (and role) losses are reduced over ranks,
+also on conversations with role and per-message weights."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from trl_harness import assert_same_parameters, initial_parameters
 WORKER = Path(__file__).with_name("trl_ddp_worker.py")
 
 
-def run_worker(launcher: list[str], model_dir: Path, output: Path, *args: int, worker: Path = WORKER) -> dict:
+def run_worker(launcher: list[str], model_dir: Path, output: Path, *args: int | str, worker: Path = WORKER) -> dict:
     """``worker MODEL_DIR OUTPUT ARGS...`` under ``launcher``; what the worker saved to ``output``."""
     env = {**os.environ, "PYTHONPATH": str(worker.parent), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [*launcher, str(worker), str(model_dir), str(output), *map(str, args)]
@@ -32,11 +33,16 @@ def free_port() -> str:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_equals_one_process(tiny_model_dir, tmp_path):
-    single = run_worker([sys.executable], tiny_model_dir, tmp_path / "single.pt", 4, 1)  # batch, accumulation
+@pytest.mark.parametrize("data", ["instructions", "chat"])
+def test_two_process_ddp_equals_one_process(data, tiny_model_dir, tmp_path):
+    """``chat``: conversations with role weights and per-message weights (the role metrics too)."""
+    single = run_worker([sys.executable], tiny_model_dir, tmp_path / "single.pt", 4, 1, data)  # batch, accumulation
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
-    ddp = run_worker(torchrun, tiny_model_dir, tmp_path / "ddp.pt", 1, 2)
+    ddp = run_worker(torchrun, tiny_model_dir, tmp_path / "ddp.pt", 1, 2, data)
     assert (single["world_size"], ddp["world_size"]) == (1, 2)
     assert_same_parameters(single["parameters"], ddp["parameters"], initial_parameters(tiny_model_dir))
-    for key in ("loss", "prompt_loss", "completion_loss"):
+    keys = ["loss", "prompt_loss", "completion_loss"]
+    if data == "chat":
+        keys += ["system_loss", "tool_loss", "template_loss", "history_loss"]
+    for key in keys:
         assert ddp["logs"][key] == pytest.approx(single["logs"][key], rel=1e-5), key
