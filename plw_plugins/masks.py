@@ -48,7 +48,7 @@ class LossMasks:
         completion, ``prompt`` on prompt, refined by role and message weight (see ``LossWeights``), 0
         on targets that are neither."""
         weights = LossWeights.of(weights)
-        if weights.completion == 1.0 and self.roles is None and self.message_weights is None:
+        if self._prompt_weight_only(weights):
             return self.completion.float() + weights.prompt * self.prompt.float()
         per_target = torch.where(self.completion, weights.completion, weights.prompt)
         if self.roles is not None:
@@ -64,7 +64,7 @@ class LossMasks:
         """W of these targets, the loss's normaliser: the sum of their weights, or with
         ``normalization="token_count"`` the number of targets of weight above 0."""
         weights = LossWeights.of(weights)
-        if weights.completion == 1.0 and self.roles is None and self.message_weights is None:
+        if self._prompt_weight_only(weights):
             per_target_sum = self.completion.sum().float() + weights.prompt * self.prompt.sum().float()
             if weights.normalization == "weight_sum":
                 return per_target_sum
@@ -72,6 +72,13 @@ class LossMasks:
         if weights.normalization == "token_count":
             return (per_target > 0).sum().float()
         return per_target.sum()
+
+    def _prompt_weight_only(self, weights: LossWeights) -> bool:
+        """Whether only the completion and prompt classes decide the weights: roles without a role
+        weight set change nothing, so that a batch carrying roles for its metrics is weighted, and
+        summed into W, exactly as one without them."""
+        roles_apply = self.roles is not None and (bool(weights.masked_role_weights()) or weights.history is not None)
+        return weights.completion == 1.0 and not roles_apply and self.message_weights is None
 
     def to(self, device: torch.device | str) -> LossMasks:
         """The same masks on ``device``."""
