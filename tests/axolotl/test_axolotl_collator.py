@@ -39,7 +39,7 @@ def samples(tokenizer):
 
 
 def copies(samples):
-    return [{key: list(value) for key, value in sample.items()} for sample in samples]
+    return [{key: None if value is None else list(value) for key, value in sample.items()} for sample in samples]
 
 
 def within_sample_targets(lengths):

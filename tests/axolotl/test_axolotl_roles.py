@@ -178,7 +178,7 @@ def hand_step(model_dir: Path, run_dir: Path, keys: dict, prompt: float, *, eos_
         normaliser += float((weights > 0).sum()) if keys.get("loss_normalization") == "token_count" else float(weights.sum())
         for role in (Role.SYSTEM, Role.TOOL, Role.TEMPLATE, Role.HISTORY):
             in_role = torch.tensor(roles[1:]) == role
-            role_nll[role] = role_nll.get(role, 0.0) + float(nll[in_role].sum())
+            role_nll[role] = role_nll.get(role, 0.0) + float(nll[in_role].detach().sum())
             role_count[role] = role_count.get(role, 0) + int(in_role.sum())
     loss = total / normaliser
     loss.backward()
