@@ -116,10 +116,13 @@ def add_row_indices(dataset: Any) -> Any:
 
 def tag_roles(strategy: Any) -> bool:
     """Make ``strategy`` add the role columns to every row it tokenizes, if it is a chat template
-    strategy rendering text (a multimodal processor's image tokens have no text to find roles in)."""
+    strategy rendering text with a fast tokenizer (a multimodal processor's image tokens have no text
+    to find roles in; slow and mistral-common tokenizers give no character offsets)."""
     from axolotl.prompt_strategies.chat_template import ChatTemplateStrategy
 
     if not isinstance(strategy, ChatTemplateStrategy) or strategy.prompter.processor is not None:
+        return False
+    if not getattr(strategy.tokenizer, "is_fast", False):
         return False
     if not isinstance(vars(strategy).get("_tokenize_single_prompt"), ChatRoles):
         strategy._tokenize_single_prompt = ChatRoles(strategy)

@@ -107,12 +107,25 @@ class PromptLossWeightPlugin(BasePlugin):
         return PromptMaskDataCollator, {}
 
 
+ROLE_KEYS = ("system_loss_weight", "tool_loss_weight", "template_loss_weight", "history_loss_weight")
+"""The keys that act only through the roles of chat tokens."""
+
+
 def check_role_columns(cfg: Any, *datasets: Any) -> None:
     """Stop a run on chat template data whose prepared dataset has no roles: Axolotl reuses a dataset
     prepared earlier (``dataset_prepared_path``) whatever the plugins, so one prepared without the
-    plugin would silently lose every role weight and per-message weight."""
+    plugin would silently lose every role weight and per-message weight. Where the tokenizer cannot
+    give roles (``chat_roles.tag_roles``), a role key set would do nothing, and stops the run too."""
     chat = any(str(entry.get("type", "")).startswith("chat_template") for entry in cfg.datasets or ())
-    if not chat or cfg.processor_type:  # a processor's rows get no roles (``chat_roles.tag_roles``)
+    if not chat:
+        return
+    if cfg.processor_type or cfg.tokenizer_use_mistral_common or cfg.tokenizer_use_fast is False:
+        role_keys = [key for key in ROLE_KEYS if cfg.get(key) is not None]
+        if role_keys:
+            raise ValueError(
+                f"{role_keys[0]}: the roles of chat tokens need a fast Hugging Face tokenizer rendering text, and "
+                "this run uses a processor, mistral-common or a slow tokenizer; remove the role keys"
+            )
         return
     for dataset in datasets:
         columns = getattr(dataset, "column_names", None)

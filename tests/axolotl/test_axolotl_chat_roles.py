@@ -105,3 +105,23 @@ def test_a_bad_weight_names_row_message_and_value(tokenizer):
     bad[3]["weight"] = "high"
     with pytest.raises(ValueError, match="row 7, message 3: weight must be a number in \\[0, 1\\], got 'high'"):
         strategy(tokenizer).tokenize_prompt({"messages": [MESSAGES, bad], "__plw_row": [6, 7]})
+
+
+def test_a_chat_dataset_prepared_without_the_plugin_stops_the_run():
+    """Axolotl's prepared-dataset hash ignores plugins, so a dataset prepared by a stock run would be
+    reused without roles: the plugin stops the run, naming the prepared path."""
+    from axolotl.utils.dict import DictDefault
+    from datasets import Dataset
+
+    from plw_plugins.integrations.axolotl.plugin import check_role_columns
+
+    cfg = DictDefault({"datasets": [{"type": "chat_template"}], "dataset_prepared_path": "last_run_prepared"})
+    stale = Dataset.from_dict({"input_ids": [[1, 2]], "labels": [[1, 2]]})
+    with pytest.raises(ValueError, match="no plw_roles column: it was prepared without .* last_run_prepared"):
+        check_role_columns(cfg, stale, None)
+    check_role_columns(cfg, stale.add_column("plw_roles", [[0, 0]]), None)
+    check_role_columns(DictDefault({"datasets": [{"type": "alpaca"}]}), stale, None)  # no roles expected
+    slow = DictDefault({**cfg, "tokenizer_use_fast": False})
+    check_role_columns(slow, stale, None)  # no roles to be had, and no key that needs them
+    with pytest.raises(ValueError, match="system_loss_weight: the roles of chat tokens need a fast"):
+        check_role_columns(DictDefault({**slow, "system_loss_weight": 0.0}), stale, None)
