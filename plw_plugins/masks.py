@@ -74,11 +74,14 @@ class LossMasks:
         return per_target.sum()
 
     def _prompt_weight_only(self, weights: LossWeights) -> bool:
-        """Whether only the completion and prompt classes decide the weights: roles without a role
-        weight set change nothing, so that a batch carrying roles for its metrics is weighted, and
-        summed into W, exactly as one without them."""
-        roles_apply = self.roles is not None and (bool(weights.masked_role_weights()) or weights.history is not None)
-        return weights.completion == 1.0 and not roles_apply and self.message_weights is None
+        """Whether ``weights`` give these targets today's weights, 1 and the prompt loss weight: then W is
+        summed per class as before the roles existed, bit for bit (a sum over the targets' weights
+        can differ in the last bits), whatever roles a batch carries while no role key is set."""
+        if weights.completion != 1.0:
+            return False
+        if self.roles is not None and (weights.masked_role_weights() or weights.history is not None):
+            return False
+        return self.message_weights is None or not bool((self.message_weights >= 0).any())
 
     def to(self, device: torch.device | str) -> LossMasks:
         """The same masks on ``device``."""
