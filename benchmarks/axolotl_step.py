@@ -13,6 +13,15 @@ false`` is the baseline; stock ``train_on_inputs: true`` is the fair comparison 
 trains the prompt tokens too.
 
     .venv-axolotl/bin/python benchmarks/axolotl_step.py [--steps 6] [--no-record]
+
+``--chat`` measures the cost of the role weights instead: the same rows as two-turn ``type:
+chat_template`` conversations behind a long system prompt, trained by the plugin at
+``prompt_loss_weight`` 0.1 alone and with the role keys set (system 0, template 0, history 0.5,
+token-count normalisation). Both runs carry the per-token roles; the ratio is what setting the keys
+costs. The variants alternate ``--repeats`` times and the ratio compares their fastest steps, so
+that another process on a shared machine does not decide it.
+
+    .venv-axolotl/bin/python benchmarks/axolotl_step.py --chat [--steps 8] [--repeats 2] [--no-record]
 """
 
 from __future__ import annotations
@@ -41,6 +50,18 @@ VARIANTS = {
     "PLW 0": {"plugins": [PLUGIN], "prompt_loss_weight": 0.0},
     "PLW 0.1": {"plugins": [PLUGIN], "prompt_loss_weight": 0.1},
 }
+CHAT_VARIANTS = {
+    "PLW 0.1 only": {"plugins": [PLUGIN], "prompt_loss_weight": 0.1},
+    "PLW 0.1 + role weights": {
+        "plugins": [PLUGIN], "prompt_loss_weight": 0.1, "system_loss_weight": 0.0, "template_loss_weight": 0.0,
+        "history_loss_weight": 0.5, "loss_normalization": "token_count",
+    },
+}
+SYSTEM_PROMPT = " ".join(
+    ["You are a meticulous assistant with access to tools such as a calculator, a calendar and a web search.",
+     "Think about which tool a request needs, call it with exact arguments, and answer in one short sentence."] * 4
+)
+"""A long system prompt, repeated in every conversation (about 150 words)."""
 WARMUP_STEPS = 2
 MICRO_BATCH = 2
 ACCUMULATION = 2
@@ -97,7 +118,8 @@ class StepTimer(TrainerCallback):
             peak_mib = (_rss_kib("VmHWM") - self.base_kib) / 1024
         else:
             peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result = {"seconds_per_step": statistics.median(self.step_seconds), "peak_mib": peak_mib}
+        result = {"seconds_per_step": statistics.median(self.step_seconds), "fastest_step": min(self.step_seconds),
+                  "peak_mib": peak_mib}
         Path(self.result_path).write_text(json.dumps(result))
 
 
@@ -115,13 +137,31 @@ class StepTimerPlugin(BasePlugin):
         return [StepTimer(os.environ[RESULT_ENV])]
 
 
-def write_config(work: Path, name: str, model_dir: Path, data: Path, steps: int) -> Path:
-    run_dir = work / name.replace(" ", "_").replace(",", "").replace(":", "")
+def chat_rows(rows: list[dict]) -> list[dict]:
+    """Alpaca rows as two-turn conversations (two rows each) behind ``SYSTEM_PROMPT``."""
+    def user(row: dict) -> str:
+        return row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "")
+
+    return [
+        {"messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": user(first)}, {"role": "assistant", "content": first["output"]},
+            {"role": "user", "content": user(second)}, {"role": "assistant", "content": second["output"]},
+        ]}
+        for first, second in zip(rows[::2], rows[1::2])
+    ]
+
+
+def write_config(work: Path, name: str, model_dir: Path, data: Path, steps: int, *, chat: bool = False) -> Path:
+    run_dir = work / name.replace(" ", "_").replace(",", "").replace(":", "").replace("+", "and")
     run_dir.mkdir()
+    dataset = {"path": str(data), "type": "alpaca", "ds_type": "json"}
+    if chat:
+        dataset = {"path": str(data), "type": "chat_template", "ds_type": "json", "field_messages": "messages"}
     config = {
         "base_model": str(model_dir),
         "tokenizer_type": "AutoTokenizer",
-        "datasets": [{"path": str(data), "type": "alpaca", "ds_type": "json"}],
+        "datasets": [dataset],
         "dataset_prepared_path": str(run_dir / "prepared"),
         "output_dir": str(run_dir / "out"),
         "val_set_size": 0,
@@ -143,7 +183,8 @@ def write_config(work: Path, name: str, model_dir: Path, data: Path, steps: int)
         "seed": 0,
         "dataloader_num_workers": 0,
         "dataset_num_proc": 1,
-        **VARIANTS[name],
+        **({"chat_template": "tokenizer_default"} if chat else {}),
+        **(CHAT_VARIANTS if chat else VARIANTS)[name],
     }
     config["plugins"] = [*config.get("plugins", []), "axolotl_step.StepTimerPlugin"]
     path = run_dir / "config.yml"
@@ -174,7 +215,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
+    parser.add_argument("--chat", action="store_true", help="role weights against the prompt loss weight alone, on chat data")
+    parser.add_argument("--repeats", type=int, default=2, help="with --chat: alternate the two variants this often")
     args = parser.parse_args()
+    if args.chat:
+        chat_main(args)
+        return
 
     sys.path.insert(0, str(BENCHMARKS))
     from record import machine, markdown_table, record
@@ -221,6 +267,66 @@ def main() -> None:
         print(body)
     else:
         record("axolotl_step", "Axolotl: step time and memory with the plugin against stock Axolotl", body)
+
+
+def chat_main(args: argparse.Namespace) -> None:
+    """Step time of the role weights against the prompt loss weight alone, on conversations."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from record import record
+
+    from plw_plugins.cli.tiny_model import build_tiny_llama
+
+    rows_needed = 2 * 2 * MICRO_BATCH * ACCUMULATION * args.steps  # two rows a conversation, about two a packed row
+    results: dict[str, list[dict]] = {name: [] for name in CHAT_VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = work / "model"
+        build_tiny_llama(model_dir, hidden_size=256, layers=4, vocab_size=2048)
+        data = work / "toolformer_chat.jsonl"
+        rows = chat_rows(json.loads(DATA.read_text())[:rows_needed])
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        for repeat in range(args.repeats):
+            for name in CHAT_VARIANTS:
+                (work / str(repeat)).mkdir(exist_ok=True)
+                config = write_config(work / str(repeat), name, model_dir, data, args.steps, chat=True)
+                results[name].append(run_variant(config))
+                print(repeat, name, results[name][-1], flush=True)
+
+    body = chat_results(results, conversations=len(rows), steps=args.steps, repeats=args.repeats)
+    if args.no_record:
+        print(body)
+    else:
+        record("axolotl_chat_step", "Axolotl: step time of the role weights on conversations", body)
+
+
+def chat_results(results: dict[str, list[dict]], *, conversations: int, steps: int, repeats: int) -> str:
+    """The table of ``--chat``: per variant the fastest single step and the fastest median over the
+    repeats, and the ratio of the fastest steps (on a shared machine the slower steps measure other
+    processes' load, which no median over a few steps removes)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from record import machine, markdown_table
+
+    def fastest(name: str, key: str) -> float:
+        return min(run[key] for run in results[name])
+
+    base = fastest("PLW 0.1 only", "fastest_step")
+    table = markdown_table(
+        ["run", "fastest step (s)", "fastest median s/step", "medians of the repeats", "step time vs PLW 0.1 only"],
+        [[name, f"{fastest(name, 'fastest_step'):.3f}", f"{fastest(name, 'seconds_per_step'):.3f}",
+          ", ".join(f"{run['seconds_per_step']:.3f}" for run in runs), f"{fastest(name, 'fastest_step') / base:.3f}x"]
+         for name, runs in results.items()],
+    )
+    return (
+        f"{machine()}. `axolotl train` (Axolotl 0.19), Llama hidden 256, 4 layers, vocab 2048; GPTeacher Toolformer "
+        f"as {conversations} two-turn `type: chat_template` conversations behind a {len(SYSTEM_PROMPT.split())}-word "
+        f"system prompt, sample_packing to sequence_len {SEQUENCE_LEN}, micro_batch_size {MICRO_BATCH}, "
+        f"gradient_accumulation_steps {ACCUMULATION}, fp32, sdpa; {steps - WARMUP_STEPS} steps after {WARMUP_STEPS} "
+        f"warm-up steps, each run in a fresh process, the two variants alternated {repeats} times. The ratio compares "
+        "the fastest single steps: on a shared machine the other steps measure other processes' load. Role weights: "
+        "system 0, template 0, history 0.5, token_count. Command: "
+        f"`.venv-axolotl/bin/python benchmarks/axolotl_step.py --chat --steps {steps} --repeats {repeats}`."
+        "\n\n" + table
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from plw_plugins.config import CONFIG_KEYS
+from plw_plugins.roles import ROLES_KEY
 
 from .host_settings import memory_only_warnings
 
@@ -26,6 +27,18 @@ LOG = get_logger(__name__)
 
 class PromptLossWeightPlugin(BasePlugin):
     """Trains prompt tokens at a fractional weight: ``prompt_loss_weight`` in [0, 1]."""
+
+    def register(self, cfg: dict) -> None:
+        """Make Axolotl's chat template tokenization also give every token its role (``chat_roles``)."""
+        from .chat_roles import install
+
+        install()
+
+    def on_config_validation_error(self, cfg: dict) -> None:
+        """The config was rejected: undo ``register``."""
+        from .chat_roles import uninstall
+
+        uninstall()
 
     def get_input_args(self) -> str:
         """The pydantic model of the YAML keys, mixed into Axolotl's config validation."""
@@ -69,6 +82,7 @@ class PromptLossWeightPlugin(BasePlugin):
             )
         for warning in memory_only_warnings(cfg):
             LOG.warning(warning)
+        check_role_columns(cfg, trainer.train_dataset, trainer.eval_dataset)
 
     def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict] | None:
         """Axolotl's own choice of collator, with the per-sample ``prompt_mask`` added.
@@ -91,6 +105,36 @@ class PromptLossWeightPlugin(BasePlugin):
         if cfg.processor_type or cfg.batch_flattening:
             return None
         return PromptMaskDataCollator, {}
+
+
+ROLE_KEYS = ("system_loss_weight", "tool_loss_weight", "template_loss_weight", "history_loss_weight")
+"""The keys that act only through the roles of chat tokens."""
+
+
+def check_role_columns(cfg: Any, *datasets: Any) -> None:
+    """Stop a run on chat template data whose prepared dataset has no roles: Axolotl reuses a dataset
+    prepared earlier (``dataset_prepared_path``) whatever the plugins, so one prepared without the
+    plugin would silently lose every role weight and per-message weight. Where the tokenizer cannot
+    give roles (``chat_roles.tag_roles``), a role key set would do nothing, and stops the run too."""
+    chat = any(str(entry.get("type", "")).startswith("chat_template") for entry in cfg.datasets or ())
+    if not chat:
+        return
+    if cfg.processor_type or cfg.tokenizer_use_mistral_common or cfg.tokenizer_use_fast is False:
+        role_keys = [key for key in ROLE_KEYS if cfg.get(key) is not None]
+        if role_keys:
+            raise ValueError(
+                f"{role_keys[0]}: the roles of chat tokens need a fast Hugging Face tokenizer rendering text, and "
+                "this run uses a processor, mistral-common or a slow tokenizer; remove the role keys"
+            )
+        return
+    for dataset in datasets:
+        columns = getattr(dataset, "column_names", None)
+        if columns is not None and ROLES_KEY not in columns:
+            raise ValueError(
+                f"the prepared dataset has no {ROLES_KEY} column: it was prepared without the prompt loss weight "
+                f"plugin (dataset_prepared_path: {cfg.dataset_prepared_path}). Delete it, or set another "
+                "dataset_prepared_path, so that Axolotl prepares the chat template data again with the plugin"
+            )
 
 
 def uses_v2_packing(cfg: Any) -> bool:

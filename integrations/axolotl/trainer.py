@@ -16,6 +16,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 
 from plw_plugins import sum_across_ranks
 from plw_plugins.integrations.transformers import PLWForwardOutput, PromptLossWeightTrainerMixin
+from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, ROLES_KEY
 
 
 class PromptLossWeightAxolotlTrainer(PromptLossWeightTrainerMixin, AxolotlTrainer):
@@ -23,6 +24,13 @@ class PromptLossWeightAxolotlTrainer(PromptLossWeightTrainerMixin, AxolotlTraine
 
     Reads the keys from its training arguments, which the plugin fills from the YAML.
     """
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep a conversation's ``plw_roles`` and ``plw_message_weights`` columns, which transformers
+        would drop from unpacked datasets as no argument of the model's forward."""
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns:
+            self._signature_columns += [key for key in (ROLES_KEY, MESSAGE_WEIGHTS_KEY) if key not in self._signature_columns]
 
     def plw_record_metrics(self, output: PLWForwardOutput, inputs: Mapping[str, Any], mode: str) -> None:
         """Count trainable (labelled) and total token slots, as Axolotl does for its throughput logs."""

@@ -39,7 +39,7 @@ def samples(tokenizer):
 
 
 def copies(samples):
-    return [{key: list(value) for key, value in sample.items()} for sample in samples]
+    return [{key: None if value is None else list(value) for key, value in sample.items()} for sample in samples]
 
 
 def within_sample_targets(lengths):
@@ -122,3 +122,84 @@ def test_plugin_picks_axolotls_collator_with_the_mask(config, is_eval, expected)
 
     choice = PromptLossWeightPlugin().get_collator_cls_and_kwargs(DictDefault(config), is_eval=is_eval)
     assert (None if choice is None else choice[0].__name__) == expected
+
+
+def with_roles(samples, *, weighted: bool):
+    """The samples with a conversation's columns: the first three prompt tokens a system prompt,
+    the rest prompt or completion; with ``weighted``, the completion of the second sample at 0.5."""
+    from plw_plugins.roles import NO_MESSAGE_WEIGHT, Role
+
+    rows = copies(samples)
+    for index, row in enumerate(rows):
+        trained = [label != -100 for label in row["labels"]]
+        row["plw_roles"] = [int(Role.SYSTEM) if t < 3 else int(Role.COMPLETION if bit else Role.PROMPT)
+                            for t, bit in enumerate(trained)]
+        row["plw_message_weights"] = [0.5 if weighted and index == 1 and bit else NO_MESSAGE_WEIGHT for bit in trained]
+    return rows
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_role_columns_are_laid_out_as_the_tokens(tokenizer, samples, packed):
+    """Each sample's roles and message weights sit where its tokens sit, padded or packed; padding
+    is prompt with no message weight."""
+    from plw_plugins.integrations.axolotl.collator import PromptMaskDataCollator, PromptMaskV2BatchSamplerDataCollator
+    from plw_plugins.roles import NO_MESSAGE_WEIGHT, Role
+
+    collator_class = PromptMaskV2BatchSamplerDataCollator if packed else PromptMaskDataCollator
+    collator = collator_class(tokenizer, padding=True, pad_to_multiple_of=64, return_tensors="pt")
+    rows = with_roles(samples, weighted=True)
+    batch = collator([copies(rows)] if packed else copies(rows))
+    placed = [(0, sum(len(r["input_ids"]) for r in rows[:i])) if packed else (i, 0) for i in range(len(rows))]
+    for row, (batch_row, start) in zip(rows, placed):
+        end = start + len(row["input_ids"])
+        assert batch["input_ids"][batch_row, start:end].tolist() == row["input_ids"]
+        assert batch["plw_roles"][batch_row, start:end].tolist() == row["plw_roles"]
+        assert batch["plw_message_weights"][batch_row, start:end].tolist() == row["plw_message_weights"]
+        if not packed:
+            assert (batch["plw_roles"][batch_row, end:] == Role.PROMPT).all()
+            assert (batch["plw_message_weights"][batch_row, end:] == NO_MESSAGE_WEIGHT).all()
+    assert batch["plw_message_weights"].dtype == torch.float32 and batch["plw_roles"].dtype == torch.long
+
+
+def test_roles_without_role_keys_weigh_bit_for_bit_as_without_roles(tokenizer, samples):
+    """Roles carried for the metrics, no role key set, no message weight: the same per-target
+    weights and the same W, bit for bit, as the batch without roles (the message weights, all
+    absent, are left out of the batch)."""
+    from plw_plugins.integrations.axolotl.collator import PromptMaskV2BatchSamplerDataCollator
+    from plw_plugins.roles import LossWeights
+
+    collator = PromptMaskV2BatchSamplerDataCollator(tokenizer, padding=True, return_tensors="pt")
+    with_columns = collator([with_roles(samples, weighted=False)])
+    without = collator([copies(samples)])
+    assert "plw_message_weights" not in with_columns and "plw_roles" in with_columns
+    for weight in (0.1, 0.3, LossWeights(prompt=0.7)):
+        masks, plain = build_loss_masks_from_batch(with_columns), build_loss_masks_from_batch(without)
+        assert torch.equal(masks.weights(weight), plain.weights(weight))
+        assert torch.equal(masks.weight_sum(weight), plain.weight_sum(weight))
+    # A role key set does change them: the system tokens at 0.
+    system_off = LossWeights(prompt=0.3, system=0.0)
+    assert masks.weight_sum(system_off) < plain.weight_sum(system_off)
+
+
+def test_role_columns_follow_truncation_and_other_data_is_prompt(tokenizer, samples):
+    """Axolotl's truncation cuts the tokens, not the roles; a row of another dataset type merged
+    with chat data (its roles ``None``) is prompt throughout; roles shorter than the tokens stop."""
+    from plw_plugins.roles import Role
+
+    from plw_plugins.integrations.axolotl.collator import PromptMaskDataCollator
+
+    collator = PromptMaskDataCollator(tokenizer, padding=True, return_tensors="pt")
+    rows = with_roles(samples, weighted=False)
+    rows[0]["input_ids"], rows[0]["labels"], rows[0]["attention_mask"] = (
+        rows[0]["input_ids"][:5], rows[0]["labels"][:5], rows[0]["attention_mask"][:5],
+    )
+    del rows[0]["position_ids"]
+    for row in rows[1:]:
+        del row["position_ids"]
+    rows[1]["plw_roles"] = rows[1]["plw_message_weights"] = None
+    batch = collator(copies(rows))
+    assert batch["plw_roles"][0, :5].tolist() == rows[0]["plw_roles"][:5]
+    assert (batch["plw_roles"][1] == Role.PROMPT).all()
+    rows[2]["plw_roles"] = rows[2]["plw_roles"][:3]
+    with pytest.raises(ValueError, match="has only 3 plw_roles"):
+        collator(copies(rows))

@@ -46,7 +46,15 @@ def test_the_training_arguments_carry_the_keys(load):
     cfg = load(**plugin(0.25, prompt_loss_weight_policy="cosine", prompt_loss_weight_final=0.5))
     assert PluginManager.get_instance().get_training_args(cfg) == {
         "prompt_loss_weight": 0.25, "prompt_loss_weight_policy": "cosine", "prompt_loss_weight_final": 0.5,
+        "completion_loss_weight": 1.0, "loss_normalization": "weight_sum",  # the defaults of the role keys
         "average_tokens_across_devices": True,  # W summed over ranks (Axolotl turns it off)
+    }
+    cfg = load(**plugin(0.1, system_loss_weight=0.0, tool_loss_weight=0.5, template_loss_weight=0.0,
+                        history_loss_weight=0.25, completion_loss_weight=0.9, loss_normalization="token_count"))
+    assert PluginManager.get_instance().get_training_args(cfg) == {
+        "prompt_loss_weight": 0.1, "prompt_loss_weight_policy": "constant", "completion_loss_weight": 0.9,
+        "system_loss_weight": 0.0, "tool_loss_weight": 0.5, "template_loss_weight": 0.0, "history_loss_weight": 0.25,
+        "loss_normalization": "token_count", "average_tokens_across_devices": True,
     }
 
 
@@ -79,6 +87,27 @@ def test_bad_values_name_the_key(load, key, value, message):
     overrides = plugin(0.1, prompt_loss_weight_policy="linear", prompt_loss_weight_final=0.0)
     with pytest.raises(ValueError, match=key + message):
         load(**{**overrides, key: value})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("system_loss_weight", 1.5, f" {WEIGHT} 1.5"),
+        ("system_loss_weight", "0", f" {WEIGHT} '0' \\(str\\)"),
+        ("tool_loss_weight", -0.5, f" {WEIGHT} -0.5"),
+        ("tool_loss_weight", True, f" {WEIGHT} True \\(bool\\)"),
+        ("template_loss_weight", float("nan"), f" {WEIGHT} nan: not a number"),
+        ("history_loss_weight", 2, f" {WEIGHT} 2"),
+        ("completion_loss_weight", 0.0, " must be a number in \\(0, 1\\], got 0.0"),
+        ("completion_loss_weight", 1.5, " must be a number in \\[0, 1\\], got 1.5"),
+        ("loss_normalization", "mean", " must be one of 'weight_sum', 'token_count', got 'mean'"),
+        ("loss_normalization", 1, " must be one of 'weight_sum', 'token_count', got 1 \\(int\\)"),
+    ],
+)
+def test_bad_role_keys_name_the_key(load, key, value, message):
+    """The role and normalisation keys stop at Axolotl's config check, naming the key and the value."""
+    with pytest.raises(ValueError, match=key + message):
+        load(**plugin(0.1, **{key: value}))
 
 
 def test_every_core_key_is_declared_and_checked_on_its_raw_value():
