@@ -85,8 +85,8 @@ def conversation_roles(
         )
     if labels is not None and len(labels) != len(ids):
         raise ValueError(f"row {row}: {len(labels)} labels for {len(ids)} tokens")
-    spans = _content_spans(tokenizer, text, messages, template_kwargs, row)
-    turn_ends = _turn_ends(tokenizer, messages, text, spans, template_kwargs)
+    spans = message_content_spans(tokenizer, text, messages, template_kwargs, row)
+    turn_ends = message_turn_ends(tokenizer, messages, text, spans, template_kwargs)
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
 
     def message_role(index: int) -> int:
@@ -150,8 +150,8 @@ def tokenize_conversation(
             raise ValueError(f"row {row}: the chat template's tokens differ from its rendered text's tokens")
         trained = [bool(bit) for bit in rendered["assistant_masks"]]
     else:
-        spans = _content_spans(tokenizer, text, messages, template_kwargs, row)
-        turn_ends = _turn_ends(tokenizer, messages, text, spans, template_kwargs)
+        spans = message_content_spans(tokenizer, text, messages, template_kwargs, row)
+        turn_ends = message_turn_ends(tokenizer, messages, text, spans, template_kwargs)
         ranges = []
         for index, message in enumerate(messages):
             if message.get("role") == "assistant" and spans[index]:
@@ -202,7 +202,7 @@ def _texts(message: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _content_spans(
+def message_content_spans(
     tokenizer: Any, text: str, messages: Sequence[Mapping[str, Any]], template_kwargs: Mapping[str, Any], row: object,
 ) -> list[list[tuple[int, int]]]:
     """Per message, where its content lies in ``text``, verbatim or stripped of surrounding whitespace
@@ -263,7 +263,7 @@ def _marked_start(
     return start if start >= 0 and marked[:start] == text[:start] else None
 
 
-def _turn_ends(
+def message_turn_ends(
     tokenizer: Any, messages: Sequence[Mapping[str, Any]], text: str, spans: list[list[tuple[int, int]]],
     template_kwargs: Mapping[str, Any],
 ) -> list[int]:

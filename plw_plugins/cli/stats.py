@@ -39,9 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from plw_plugins.config import DEFAULT_PROMPT_LOSS_WEIGHT, HELP
-from plw_plugins.conversations import GENERATION_MARKER, ROLE_OF_MESSAGE, message_weights
-from plw_plugins.conversations import _content_spans as core_content_spans
-from plw_plugins.conversations import _turn_ends as core_turn_ends
+from plw_plugins.conversations import (
+    GENERATION_MARKER,
+    ROLE_OF_MESSAGE,
+    message_content_spans,
+    message_turn_ends,
+    message_weights,
+)
 from plw_plugins.roles import NO_MESSAGE_WEIGHT, LossWeights, Role
 
 from .advice import CITATION, advice, role_share_advice
@@ -302,7 +306,7 @@ def conversation_tokens(conversations: list[list[dict[str, Any]]], tokenizer: An
             raise DataError(str(error)) from None
         tokens, end = offsets[end : end + len(ids)], end + len(ids)
         try:  # where the core places each message's content
-            located = core_content_spans(tokenizer, text, messages, {}, row)
+            located = message_content_spans(tokenizer, text, messages, {}, row)
             spans = [(a, b, index) for index, found in enumerate(located) for a, b in found]
         except ValueError:  # a content the template drops or rewrites: counted, its tokens left to the template
             spans, missing = _locate(text, [(index, message["content"]) for index, message in enumerate(messages)])
@@ -340,7 +344,7 @@ def conversation_tokens(conversations: list[list[dict[str, Any]]], tokenizer: An
 def _conversation_turn_ends(tokenizer: Any, messages: list[dict[str, Any]], text: str, spans: list[tuple[int, int, int]]) -> list[int]:
     """Where each message's turn ends in ``text``, as the core finds it."""
     per_message = [[(a, b) for a, b, label in spans if label == index] for index in range(len(messages))]
-    return core_turn_ends(tokenizer, messages, text, per_message, {})
+    return message_turn_ends(tokenizer, messages, text, per_message, {})
 
 
 def _count_targets(counts: Counter, roles: Any, trained: Any, weights: Any) -> None:
