@@ -16,9 +16,9 @@ pytestmark = pytest.mark.axolotl
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def readme_yaml() -> dict:
-    match = re.search(r"<!-- snippet: axolotl -->\s*```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert match, "README has no Axolotl snippet"
+def readme_yaml(name: str = "axolotl") -> dict:
+    match = re.search(rf"<!-- snippet: {name} -->\s*```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert match, f"README has no {name} snippet"
     return yaml.safe_load(match.group(1))
 
 
@@ -35,6 +35,20 @@ def test_axolotl_loads_the_readme_lines(tmp_path, tiny_model_dir, alpaca_jsonl):
     cfg = load_cfg(str(write_config(tmp_path, tiny_model_dir, {**ALPACA, "path": str(alpaca_jsonl)}, lines)))
     assert cfg.plugins == lines["plugins"]
     assert cfg.prompt_loss_weight == lines["prompt_loss_weight"]
+
+
+def test_axolotl_loads_the_readme_chat_lines(tmp_path, tiny_model_dir):
+    from axolotl.cli.config import load_cfg
+
+    lines = readme_yaml("axolotl-chat")
+    [dataset] = lines.pop("datasets")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text('{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, '
+                    '{"role": "assistant", "content": "Hello."}]}\n')
+    cfg = load_cfg(str(write_config(tmp_path, tiny_model_dir, {**dataset, "path": str(chat)}, lines)))
+    assert cfg.datasets[0]["type"] == "chat_template"
+    assert (cfg.prompt_loss_weight, cfg.system_loss_weight, cfg.template_loss_weight) == (0.1, 0.0, 0.0)
+    assert cfg.tool_loss_weight is None and cfg.history_loss_weight is None
 
 
 def test_the_offline_example_data_is_the_packages_built_in_data():
