@@ -164,6 +164,17 @@ def test_lightning_snippet(tmp_path, monkeypatch):
     assert float(trainer.callback_metrics["train/prompt_loss_weight"]) == pytest.approx(0.1)
 
 
+def test_trl_chat_snippet_logs_the_system_prompt_loss(tmp_path, monkeypatch):
+    """As written, in an empty folder: the built-in tiny model, two steps."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(snippet("trl-chat"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 2 and trainer.args.system_loss_weight == 0.0
+    logs = [entry for entry in trainer.state.log_history if "system_loss" in entry]
+    assert logs and all(math.isfinite(entry["system_loss"]) and "template_loss" in entry for entry in logs)
+
+
 def test_chat_lightning_snippet_logs_the_system_prompt_loss(tmp_path, monkeypatch):
     """As written: the built-in tiny model, one epoch of a chat with a system prompt at weight 0."""
     monkeypatch.chdir(tmp_path)

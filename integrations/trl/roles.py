@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from plw_plugins.conversations import conversation_roles, message_weights
-from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, NO_MESSAGE_WEIGHT, ROLES_KEY, Role
+from plw_plugins.conversations import conversation_roles, message_weights, templated_text_roles
+from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, NO_MESSAGE_WEIGHT, PROMPT_CONTENT_KEY, ROLES_KEY, Role
 
 ROLE_COLUMNS = (ROLES_KEY, MESSAGE_WEIGHTS_KEY)
 ROLE_KEYS = ("system_loss_weight", "tool_loss_weight", "template_loss_weight", "history_loss_weight")
@@ -53,6 +53,8 @@ def role_columns(
     no weights, which leave its loss as it was, and says why in ``UNAVAILABLE_COLUMN``.
     """
     messages = conversation_messages(example)
+    if messages is None:  # a text row whose prompt the package's template wrote (``PROMPT_CONTENT_KEY``)
+        return _templated_text_columns(example, index, tokenizer=tokenizer, strict=strict)
     weights = message_weights(messages, row=index)
     tools = example.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
@@ -68,6 +70,23 @@ def role_columns(
         length = len(example["input_ids"])
         return {ROLES_KEY: [int(Role.PROMPT)] * length, MESSAGE_WEIGHTS_KEY: [NO_MESSAGE_WEIGHT] * length,
                 UNAVAILABLE_COLUMN: str(error) or type(error).__name__}
+    return {ROLES_KEY: roles.roles, MESSAGE_WEIGHTS_KEY: roles.message_weights, UNAVAILABLE_COLUMN: ""}
+
+
+def _templated_text_columns(example: Mapping[str, Any], index: int, *, tokenizer: Any, strict: bool) -> dict[str, Any]:
+    """The role columns of a text prompt-completion row (TRL appended the eos to its completion):
+    the template's text is ``TEMPLATE``, the data's ``PROMPT``; as ``role_columns`` where they cannot be found."""
+    try:
+        roles = templated_text_roles(
+            example["prompt"], example["completion"], example[PROMPT_CONTENT_KEY], tokenizer,
+            input_ids=example["input_ids"], row=index,
+        )
+    except ValueError as error:
+        if strict:
+            raise ValueError(f"{error}; token roles are needed because a role key is set") from None
+        length = len(example["input_ids"])
+        return {ROLES_KEY: [int(Role.PROMPT)] * length, MESSAGE_WEIGHTS_KEY: [NO_MESSAGE_WEIGHT] * length,
+                UNAVAILABLE_COLUMN: str(error)}
     return {ROLES_KEY: roles.roles, MESSAGE_WEIGHTS_KEY: roles.message_weights, UNAVAILABLE_COLUMN: ""}
 
 

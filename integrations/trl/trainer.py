@@ -28,7 +28,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from plw_plugins import IGNORE_INDEX
 from plw_plugins.integrations.transformers import PLWForwardOutput, PromptLossWeightTrainerMixin
 from plw_plugins.masks import row_has_weighted_prompt
-from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, ROLES_KEY
+from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, PROMPT_CONTENT_KEY, ROLES_KEY
 
 from .config import PLWSFTConfig
 from .roles import ROLE_COLUMNS, ROLE_KEYS, RoleColumnsCollator, add_role_columns, slice_row
@@ -147,13 +147,16 @@ class PLWSFTTrainer(PromptLossWeightTrainerMixin, SFTTrainer):
         return dataset
 
     def _plw_roles_possible(self, dataset: Any, formatting_func: Any) -> bool:
-        """Whether TRL will tokenise this dataset from conversations, whose token roles can then be found."""
+        """Whether TRL will tokenise this dataset from conversations, or from text prompts a template
+        wrote with the data's text marked (``PROMPT_CONTENT_KEY``), whose token roles can then be found."""
         if dataset is None or formatting_func is not None or getattr(self, "_is_vision_dataset", False):
             return False
-        if "input_ids" in (get_dataset_column_names(dataset) or []):
+        columns = get_dataset_column_names(dataset) or []
+        if "input_ids" in columns:
             return False
         first = next(iter(dataset))
-        return is_conversational(first) or is_conversational_from_value(first)
+        templated_text = PROMPT_CONTENT_KEY in columns and isinstance(first.get("prompt"), str)
+        return templated_text or is_conversational(first) or is_conversational_from_value(first)
 
     def _set_signature_columns_if_needed(self) -> None:
         """TRL's columns, plus the role columns: the trainer drops every other column before collation."""

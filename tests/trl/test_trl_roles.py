@@ -428,3 +428,27 @@ def test_rows_tokenised_with_their_roles(layout, tiny_model_dir, tmp_path):
     expected, loss = expected_step(tiny_model_dir, batch, prompt=0.1, template=0.0, history=0.4)
     assert last_train_logs(trainer)["loss"] == pytest.approx(loss, rel=1e-5)
     assert_same_parameters(parameters(trainer), expected, initial_parameters(tiny_model_dir))
+
+
+@pytest.mark.parametrize("layout", ["padded", "padding_free"])
+def test_the_packages_alpaca_template_is_the_template_role(layout, tiny_model_dir, tmp_path):
+    """Rows whose prompt the package's Alpaca template wrote (``plw-plugins sft``, ``demo``) carry where
+    the data's text lies; the template's text is TEMPLATE, and template_loss_weight weighs it."""
+    from plw_plugins.cli.builtin_data import alpaca_rows
+    from plw_plugins.cli.datasets import alpaca_to_prompt_completion
+
+    rows = [alpaca_to_prompt_completion(record).as_record() for record in alpaca_rows(4)]
+    trainer = train(tiny_model_dir, rows, tmp_path / "plw", plw=0.5, template_loss_weight=0.0,
+                    per_device_train_batch_size=4, **LAYOUTS[layout])
+    batch = the_batch(trainer)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    roles, ids = batch[ROLES_KEY], batch["input_ids"]
+    real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
+    template_text = tokenizer.decode(ids[(roles == Role.TEMPLATE) & real])
+    prompt_text = tokenizer.decode(ids[(roles == Role.PROMPT) & real])
+    assert "Below is an instruction" in template_text and "### Response:" in template_text
+    assert all(row["instruction"].split()[0] in prompt_text for row in alpaca_rows(4))
+    assert "Below" not in prompt_text
+    expected, loss = expected_step(tiny_model_dir, batch, prompt=0.5, template=0.0)
+    assert last_train_logs(trainer)["loss"] == pytest.approx(loss, rel=1e-5)
+    assert_same_parameters(parameters(trainer), expected, initial_parameters(tiny_model_dir))
