@@ -39,6 +39,11 @@ ROLE_OF_MESSAGE = {
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
+class TokensDifferError(ValueError):
+    """The host's tokens of a row are not the tokens of the chat template's rendering of it (the host
+    tokenised turn by turn, or with other settings), so offsets in that rendering cannot place them."""
+
+
 @dataclass(frozen=True)
 class ConversationRoles:
     """One conversation's tokens with their ``Role`` codes and message weights (``NO_MESSAGE_WEIGHT``
@@ -79,7 +84,7 @@ def conversation_roles(
     ids, offsets = _tokenize_with_offsets(tokenizer, text)
     if input_ids is not None and list(input_ids) != ids:
         at = next((i for i, (a, b) in enumerate(zip(input_ids, ids)) if a != b), min(len(input_ids), len(ids)))
-        raise ValueError(
+        raise TokensDifferError(
             f"row {row}: the trainer's {len(input_ids)} tokens differ from the chat template's rendering "
             f"({len(ids)} tokens) at token {at}, so roles cannot be assigned to them"
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from plw_plugins.conversations import ROLE_OF_MESSAGE, conversation_roles, message_weights
+from plw_plugins.conversations import ROLE_OF_MESSAGE, TokensDifferError, conversation_roles, message_weights
 from plw_plugins.masks import IGNORE_INDEX
 from plw_plugins.roles import MESSAGE_WEIGHTS_KEY, NO_MESSAGE_WEIGHT, ROLES_KEY, Role
 
@@ -56,9 +56,7 @@ class ChatRoles:
             roles = conversation_roles(weighted, strategy.tokenizer, labels=labels, input_ids=input_ids, row=row,
                                        **template_kwargs)
             result[ROLES_KEY], result[MESSAGE_WEIGHTS_KEY] = roles.roles, roles.message_weights
-        except ValueError as error:
-            if "differ from the chat template's rendering" not in str(error):
-                raise
+        except TokensDifferError:
             result[ROLES_KEY], result[MESSAGE_WEIGHTS_KEY] = roles_from_turn_boundaries(
                 strategy, turns, turn_weights, tools, input_ids, labels
             )

@@ -228,3 +228,15 @@ def test_content_given_as_parts(tokenizer):
         ("<|user|>\n", X, False, N), ("a", P, False, N), ("<img>", X, False, N), ("user", P, False, N),
         ("\n<|assistant|>\n", X, False, N), ("ok", C, True, N), ("\n", X, False, N),
     ]
+
+
+def test_host_tokens_that_are_not_the_renderings_raise_tokens_differ(tokenizer):
+    """A host that tokenised the conversation otherwise (turn by turn) is told so, as its own error
+    class, so that an adapter can place the roles by its own turn boundaries instead."""
+    from plw_plugins.conversations import TokensDifferError, conversation_roles
+
+    messages = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]
+    row = tokenize_conversation(messages, tokenizer)
+    assert conversation_roles(messages, tokenizer, labels=row["labels"], input_ids=row["input_ids"]).roles == row[ROLES_KEY]
+    with pytest.raises(TokensDifferError, match=r"row 7: the trainer's .* tokens differ .* at token 1,"):
+        conversation_roles(messages, tokenizer, input_ids=row["input_ids"][:1] + [0] + row["input_ids"][2:], row=7)
