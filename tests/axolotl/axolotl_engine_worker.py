@@ -34,6 +34,7 @@ Of ``axolotl.train``:
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,13 @@ ENGINES: dict[str, dict[str, Any]] = {
 
 
 def write_config(path: Path, engine: str, model_dir: str, data: str, plw: float) -> Path:
-    """The Axolotl YAML (JSON is valid YAML) of one run; DeepSpeed's config goes in a file of its own."""
+    """The Axolotl YAML (JSON is valid YAML) of one run; DeepSpeed's config goes in a file of its own.
+    Every rank writes its own files (the same text): one rank must never read a file another is writing."""
     path.mkdir(parents=True, exist_ok=True)
+    rank = os.environ.get("RANK", "0")
     engine_keys = dict(ENGINES.get(engine, {}))
     if "deepspeed" in engine_keys:
-        deepspeed = path / "deepspeed.json"
+        deepspeed = path / f"deepspeed-rank{rank}.json"
         deepspeed.write_text(json.dumps(engine_keys["deepspeed"]))
         engine_keys["deepspeed"] = str(deepspeed)
     config = {
@@ -103,7 +106,7 @@ def write_config(path: Path, engine: str, model_dir: str, data: str, plw: float)
         "micro_batch_size": ROWS if engine == "single" else ROWS // 2,
         "plugins": [PLUGIN], "prompt_loss_weight": plw,
     }
-    config_path = path / "config.yml"
+    config_path = path / f"config-rank{rank}.yml"
     config_path.write_text(json.dumps(config, indent=2))
     return config_path
 
