@@ -64,10 +64,8 @@ class LossMasks:
         """W of these targets, the loss's normaliser: the sum of their weights, or with
         ``normalization="token_count"`` the number of targets of weight above 0."""
         weights = LossWeights.of(weights)
-        if self._prompt_weight_only(weights):
-            per_target_sum = self.completion.sum().float() + weights.prompt * self.prompt.sum().float()
-            if weights.normalization == "weight_sum":
-                return per_target_sum
+        if weights.normalization == "weight_sum" and self._prompt_weight_only(weights):
+            return self.completion.sum().float() + weights.prompt * self.prompt.sum().float()
         per_target = self.weights(weights)
         if weights.normalization == "token_count":
             return (per_target > 0).sum().float()

@@ -108,11 +108,6 @@ class LossWeights:
         """``weights`` itself, or a bare prompt loss weight with every other weight at its default."""
         return weights if isinstance(weights, LossWeights) else cls(prompt=weights)
 
-    @property
-    def is_prompt_weight_only(self) -> bool:
-        """Whether these are today's weights: 1 on completion, ``prompt`` on prompt, W the weight sum."""
-        return self == LossWeights(prompt=self.prompt)
-
     def masked_role_weights(self) -> dict[Role, float]:
         """The set weights of roles that apply to masked tokens only."""
         pairs = ((Role.SYSTEM, self.system), (Role.TOOL, self.tool), (Role.TEMPLATE, self.template))
