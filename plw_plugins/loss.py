@@ -10,13 +10,15 @@ a bare prompt loss weight or as ``LossWeights``. Arithmetic is fp32 whatever the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .chunked import default_chunk_size, score_rows, weighted_linear_cross_entropy
+from .heads import call_lm_head, check_head_function, check_head_structure
 from .masks import LossMasks
 from .roles import METRIC_ROLES, LossWeights
 
@@ -75,7 +77,7 @@ def prompt_weighted_loss(
 
 def prompt_weighted_loss_from_hidden(
     hidden_states: Tensor,
-    lm_head_weight: Tensor,
+    lm_head_weight: Tensor | nn.Module,
     masks: LossMasks,
     prompt_loss_weight: float | LossWeights,
     *,
@@ -90,7 +92,18 @@ def prompt_weighted_loss_from_hidden(
     gradient is formed during the forward pass. Prompt rows at a prompt loss weight of 0 are not
     scored at all unless ``score_unweighted`` asks for their NLL (forward only, no gradient), so
     that ``prompt_loss`` can be reported; otherwise it is 0 with a ``prompt_tokens`` of 0.
+
+    ``lm_head_weight`` is the head's weight ``[V, H]`` (with ``lm_head_bias``), or the head module
+    itself: a ``torch.nn.Linear`` or a wrapper that calls one. A module is first checked to compute
+    exactly ``F.linear(hidden, weight, bias)`` (``heads.py``: a head with a learned logit scale, an
+    output transform or a hook that changes its output is refused with a ``ValueError``), then read
+    inside its own call, with its own bias.
     """
+    if isinstance(lm_head_weight, nn.Module):
+        return _loss_from_head_module(
+            hidden_states, lm_head_weight, masks, prompt_loss_weight, lm_head_bias=lm_head_bias,
+            normalizer=normalizer, chunk_size=chunk_size, score_unweighted=score_unweighted,
+        )
     loss_weights = LossWeights.of(prompt_loss_weight)
     batch, steps = masks.shape
     if hidden_states.dim() != 3 or tuple(hidden_states.shape[:2]) != (batch, steps + 1):
@@ -136,6 +149,23 @@ def prompt_weighted_loss_from_hidden(
         )
         measured = scored
     return _result(loss, nll, masks, measured, weight_sum)
+
+
+def _loss_from_head_module(hidden_states: Tensor, head: nn.Module, masks: LossMasks, prompt_loss_weight: float | LossWeights,
+                           *, lm_head_bias: Tensor | None, **options: Any) -> PLWLoss:
+    if lm_head_bias is not None:
+        raise ValueError(f"lm_head_bias was given with the LM head {type(head).__name__} as lm_head_weight; the "
+                         "module's own bias is used, so leave lm_head_bias out")
+    check_head_structure(head)
+    if hidden_states.dim() == 3:
+        check_head_function(head, hidden_states)
+
+    def loss_inside_the_call(linear: nn.Linear, hidden: Tensor) -> tuple[Tensor | None, ...]:
+        result = prompt_weighted_loss_from_hidden(hidden, linear.weight, masks, prompt_loss_weight,
+                                                  lm_head_bias=linear.bias, **options)
+        return tuple(getattr(result, field.name) for field in fields(PLWLoss))  # engines' hooks follow tuples
+
+    return PLWLoss(*call_lm_head(head, loss_inside_the_call, hidden_states))
 
 
 def prompt_weighted_loss_from_token_nll(

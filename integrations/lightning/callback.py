@@ -138,10 +138,9 @@ class PromptLossWeightHooks:
         if lm_head is None:
             result = prompt_weighted_loss(_logits_of(output), masks, weights, normalizer=normalizer)
         else:
-            lm_head_weight, lm_head_bias = _lm_head_parameters(lm_head)
-            result = prompt_weighted_loss_from_hidden(
-                _hidden_states_of(output), lm_head_weight, masks, weights, lm_head_bias=lm_head_bias, normalizer=normalizer
-            )
+            if not isinstance(lm_head, torch.nn.Module):
+                raise ValueError(f"lm_head must be the output layer (an nn.Linear module), got {type(lm_head).__name__}")
+            result = prompt_weighted_loss_from_hidden(_hidden_states_of(output), lm_head, masks, weights, normalizer=normalizer)
         if stage in METRIC_STAGES:
             dataloader_idx = None if stage == "train" else self._dataloader_idx
             self._metrics.setdefault((stage, dataloader_idx), LossMetrics()).add(result)
@@ -342,10 +341,3 @@ def _hidden_states_of(output: Any) -> Tensor:
         "with lm_head=, prompt_weighted_loss needs the last hidden states [batch, tokens, hidden] as a tensor or an "
         f"output with .last_hidden_state (the model body's output, e.g. model.model(...)), got {type(output).__name__}"
     )
-
-
-def _lm_head_parameters(lm_head: Any) -> tuple[Tensor, Optional[Tensor]]:
-    weight = getattr(lm_head, "weight", None)
-    if not isinstance(weight, Tensor):
-        raise ValueError(f"lm_head must be the output layer (an nn.Linear with .weight), got {type(lm_head).__name__}")
-    return weight, getattr(lm_head, "bias", None)

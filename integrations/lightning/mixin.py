@@ -50,9 +50,11 @@ class PromptLossWeightMixin:
                 weight of each token (``plw_plugins.tokenize_conversation`` makes them for a row,
                 ``plw_plugins.collate_conversations`` pads them into a batch).
             lm_head: the output layer (e.g. ``self.model.lm_head``) for the memory-lean path, which
-                never builds the full logits; the layer must be a plain linear map (no logit
-                soft-capping or scaling after it). This path does not score tokens of weight 0, so
-                at a prompt loss weight of 0 ``prompt_loss`` is not logged (nor ``system_loss`` at a
+                never builds the full logits. The layer must compute exactly ``F.linear(hidden,
+                weight, bias)``: a head with a learned logit scale, an output transform or a hook that
+                changes its output is refused with a ``ValueError`` (give the logits instead; they
+                hold whatever the head does). This path does not score tokens of weight 0, so at a
+                prompt loss weight of 0 ``prompt_loss`` is not logged (nor ``system_loss`` at a
                 ``system_loss_weight`` of 0...).
 
         Returns:

@@ -45,9 +45,11 @@ Overridable hooks:
 - class attribute ``plw_completion_statistics``: also compute entropy / top-1 counts over completion
   targets (``PLWForwardOutput.entropy_sum`` / ``correct_tokens``), as TRL logs them.
 
-Limits: logits must be ``last_hidden_state @ lm_head.weight.T + bias``, which a probe run checks at
-construction (no soft-capping or logit scaling, no adapter on the LM head; PEFT's ``modules_to_save``
-copy of it is fine). DDP, FSDP1/2 and ZeRO-2/3 are handled (the head is read inside its own call);
+Limits: logits must be ``F.linear(last_hidden_state, lm_head.weight, lm_head.bias)``, which is checked
+at construction, the head as a structure and a probe run of the head and the model
+(``plw_plugins.heads``): no soft-capping or logit scaling, no parameter or buffer in the head besides
+its weight and bias (Dory's learned logit scale), no hook changing its output, no adapter on the LM
+head; PEFT's ``modules_to_save`` copy of it is fine. DDP, FSDP1/2 and ZeRO-2/3 are handled (the head is read inside its own call);
 tensor / context / sequence parallelism are not.
 """
 

@@ -7,10 +7,12 @@ head: it replaces the ``forward`` of the causal-LM module with one that, given `
 runs the body, hands its last hidden state and the LM head to the core, and returns the core's result.
 Without ``plw_request`` the original forward runs, so generation and plain calls are unchanged.
 
-The head is read inside its own call (``call_lm_head``), so that FSDP and ZeRO-3 gather and reduce
-its parameters as they do for any module, and PEFT's ``modules_to_save`` copy is the one trained. A
-probe run (``check_logits``) refuses any model whose logits are not the head's output on the last
-hidden state (soft-capping, logit scaling), whatever its config calls the step.
+The head is read inside its own call (``plw_plugins.heads.call_lm_head``), so that FSDP and ZeRO-3
+gather and reduce its parameters as they do for any module, and PEFT's ``modules_to_save`` copy is
+the one trained. A model is accepted only where its logits are ``F.linear`` of the head's weight and
+bias on the last hidden state: the head is checked as a structure (``check_lm_head``) and, in a
+probe run, as a function together with the model around it (``check_logits``). That refuses
+soft-capping, logit scaling and learned logit scales, whatever the config calls them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from plw_plugins import LossMasks, PLWLoss, prompt_weighted_loss_from_hidden, prompt_weighted_loss_from_token_nll
+from plw_plugins.heads import (
+    UNSUPPORTED,
+    call_lm_head,
+    check_head_structure,
+    describe_difference,
+    head_call_problem,
+    head_function_error,
+    recorded_linear_calls,
+)
 from plw_plugins.roles import LossWeights
 
 from .metrics import completion_token_statistics
@@ -104,9 +115,10 @@ def check_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
     ``lm_head`` is the module the model calls: a ``torch.nn.Linear``, or a wrapper that calls one (an
     FSDP unit, PEFT's ``modules_to_save`` copy). Raises a ``ValueError`` saying what is missing where
-    computing the loss from the head's linear layer cannot reproduce the model's logits: no head, an
-    adapter (LoRA) or a non-float layer on the head, no separate body. Whether the model transforms the
-    head's output is checked by running it (``check_logits``).
+    computing the loss from the head's linear layer cannot reproduce the model's logits: no head, a
+    head not built as a plain linear map (an adapter, a non-float layer, a parameter or buffer of its
+    own: ``plw_plugins.heads.check_head_structure``), no separate body. What the head and the model
+    compute is checked by running them (``check_logits``).
     """
     name = type(model).__name__
     get_head = getattr(model, "get_output_embeddings", None)
@@ -116,18 +128,7 @@ def check_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
             f"{name} has no LM head (get_output_embeddings() returned nothing): the prompt loss weight needs a "
             "causal language model whose logits are the last hidden state times the head's weight"
         )
-    linears = [module for module in head.modules() if isinstance(module, nn.Linear)]
-    adapters = [module for module in head.modules() if hasattr(module, "base_layer")]
-    if adapters or not linears:
-        what = type(adapters[0] if adapters else head).__name__
-        raise ValueError(
-            f"the LM head of {name} is a {what}, not a plain torch.nn.Linear (an adapter or a quantised layer on the "
-            "head?): the loss is computed from the head's weight, which would ignore it; leave the LM head out of the "
-            "adapter's target modules (training a full copy of it with modules_to_save=['lm_head'] is supported)"
-        )
-    for linear in linears:
-        if not linear.weight.is_floating_point():
-            raise ValueError(f"the LM head of {name} has {linear.weight.dtype} weights; a floating-point head is needed")
+    check_head_structure(head, name)
     body = getattr(model, "base_model", None)
     if not isinstance(body, nn.Module) or body is model:
         raise ValueError(
@@ -137,85 +138,63 @@ def check_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return body, head
 
 
-def call_lm_head(lm_head: nn.Module, compute: Callable[..., Any], *inputs: Any) -> Any:
-    """Call ``lm_head(*inputs)`` with ``compute(linear, *inputs)`` in place of its linear layer's forward.
-
-    The loss reads the head's weight instead of building the logits, but it must do so inside the
-    head's call: sharding engines make a module's parameters whole only there (an FSDP unit gathers
-    them before its forward and reduces their gradients after its backward; ZeRO-3 gathers them before
-    the forward and again before the backward of the module's outputs), and wrappers choose which
-    linear layer runs (PEFT's ``modules_to_save`` runs its trained copy). ``compute`` returns a tensor
-    or a tuple of tensors and ``None``s, which the engines' hooks can follow.
-    """
-    linears = [module for module in lm_head.modules() if isinstance(module, nn.Linear)]
-    own_forwards = [linear.__dict__.get("forward") for linear in linears]
-    for linear in linears:
-        linear.forward = functools.partial(compute, linear)
-    try:
-        return lm_head(*inputs)
-    finally:
-        for linear, own in zip(linears, own_forwards):
-            if own is None:
-                del linear.forward
-            else:
-                linear.forward = own
-
-
 def check_logits(model: nn.Module, input_ids: Tensor, forward: Callable[..., Any] | None = None) -> None:
-    """Raise a ``ValueError`` unless ``model``'s logits are its LM head's output on its body's last hidden state.
+    """Raise a ``ValueError`` unless ``model``'s logits are ``F.linear`` of its LM head's weight and bias
+    on its body's last hidden state.
 
-    Runs the model once on ``input_ids`` (a short probe) with the head's output replaced by large
-    random logits, which must come out unchanged, and compares what the head was given with the
-    body's last hidden state. This finds soft-capping, logit scaling and any other step between the
-    body, the head and the logits, whatever the architecture calls it. ``forward`` is the model's
-    forward to run (default: calling ``model``).
+    Runs the model once on ``input_ids`` (a short probe) and checks, in that one forward pass, that
+    the head computes ``F.linear`` of its weight and bias (no scaling in its ``forward``, no forward
+    hook changing its output: ``plw_plugins.heads.head_call_problem``), that what the head is given is
+    the body's last hidden state, and that the model returns the head's output unchanged: the head's
+    output is replaced by large random logits, which must come out as the logits. This finds
+    soft-capping, logit scaling and any other step between the body, the head and the logits,
+    whatever the architecture calls it. ``forward`` is the model's forward to run (default: calling
+    ``model``).
     """
     body, head = check_lm_head(model)
     name = type(model).__name__
-    seen: list[tuple[Tensor, Tensor]] = []
+    seen: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def substitute(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
         generator = torch.Generator().manual_seed(len(seen))
         probe = torch.randn(output.shape, generator=generator).mul(PROBE_LOGIT_SCALE).to(output.device, output.dtype)
-        seen.append((args[0].detach(), probe))
+        seen.append((args[0].detach(), output, probe))
         return probe
 
     was_training = model.training
     model.eval()
+    # Registered last, so that it sees the head's output after every hook the head already has.
     handle = head.register_forward_hook(substitute)
     try:
         with torch.no_grad():
             hidden = _last_hidden_state(body(input_ids=input_ids, use_cache=False))
-            logits = (forward or model)(input_ids=input_ids, use_cache=False).logits
+            with recorded_linear_calls(head) as calls:
+                logits = (forward or model)(input_ids=input_ids, use_cache=False).logits
     finally:
         handle.remove()
         model.train(was_training)
     if len(seen) != 1:
         raise ValueError(f"{name} called its LM head {len(seen)} times for one forward pass; the prompt loss weight "
                          "needs logits that are one call of the head on the last hidden state")
-    head_input, head_output = seen[0]
+    head_input, head_output, substituted = seen[0]
+    head_problem = head_call_problem(calls, head_input, head_output)
+    if head_problem:
+        raise head_function_error(head, head_problem, name)
     problem = None
     # Two runs of the body may differ by kernel noise in half precision; a real transform differs far more.
     noise = 1e-3 * hidden.float().abs().max().item()
     if head_input.shape != hidden.shape or not torch.allclose(head_input.float(), hidden.float(), rtol=1e-3, atol=noise):
         problem = "the hidden state it gives its LM head is not its body's last hidden state"
-    elif logits.shape != head_output.shape:
-        problem = f"its logits have shape {tuple(logits.shape)}, its LM head's output {tuple(head_output.shape)}"
-    elif not torch.allclose(logits.float(), head_output.float(), rtol=1e-4, atol=1e-4):
-        problem = f"it transforms its LM head's output into its logits ({_describe(head_output.float(), logits.float())})"
+    elif logits.shape != substituted.shape:
+        problem = f"its logits have shape {tuple(logits.shape)}, its LM head's output {tuple(substituted.shape)}"
+    elif not torch.allclose(logits.float(), substituted.float(), rtol=1e-4, atol=1e-4):
+        difference = describe_difference(substituted.float(), logits.float())
+        problem = f"it transforms its LM head's output into its logits ({difference})"
     if problem:
         raise ValueError(
             f"{name}: {problem}, which the prompt-weighted loss (computed from the hidden state and the head's "
-            f"weight) does not reproduce; this architecture is not supported{_config_hint(model)}"
+            f"weight) does not reproduce; {UNSUPPORTED}{_config_hint(model)}"
         )
-
-
-def _describe(head_output: Tensor, logits: Tensor) -> str:
-    scale = (head_output * logits).sum() / (head_output * head_output).sum()
-    if torch.allclose(logits, scale * head_output, rtol=1e-3, atol=1e-3):
-        return f"multiplied by {scale.item():.4g}"
-    return (f"not a multiple: head outputs of up to {head_output.abs().max().item():.4g} become logits of up to "
-            f"{logits.abs().max().item():.4g}, as soft-capping does")
 
 
 def _config_hint(model: nn.Module) -> str:
