@@ -36,6 +36,7 @@ from plw_plugins.heads import (
     describe_difference,
     head_call_problem,
     head_function_error,
+    linear_layers,
     recorded_linear_calls,
 )
 from plw_plugins.roles import LossWeights
@@ -234,7 +235,7 @@ def install_plw_forward(model: nn.Module) -> nn.Module:
     logits_checked = False
     if _parameters_materialized(causal_lm):
         device = next(causal_lm.parameters()).device  # the embeddings' device, first, with a device map
-        vocab = next(m for m in head.modules() if isinstance(m, nn.Linear)).weight.shape[0]
+        vocab = linear_layers(head)[0].weight.shape[0]
         check_logits(causal_lm, torch.arange(1, PROBE_TOKENS + 1, device=device).remainder(vocab)[None])
         logits_checked = True
 
